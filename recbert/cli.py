@@ -1,0 +1,179 @@
+"""The ``recbert`` command line. User errors print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from recbert.errors import RecbertError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(quiet: bool) -> None:
+    """recbert: user-behaviour ID sequences as sentences.
+
+    Typical flow: `recbert import ...` -> `recbert train` -> `recbert evaluate` / `recbert recommend`.
+    """
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+# -- import ------------------------------------------------------------------------------
+@cli.group("import")
+def import_group() -> None:
+    """Convert a public dataset format to canonical events parquet."""
+
+
+@import_group.command("movielens")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+def import_movielens(src: Path, out: Path) -> None:
+    """MovieLens-100K folder SRC (u.data, u.item, u.user) -> folder OUT."""
+    from recbert.data.importers import import_movielens_100k
+
+    counts = import_movielens_100k(src, out)
+    click.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@import_group.command("s3rec")
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--attributes", type=click.Path(path_type=Path), help="*_item2attributes.json beside SRC.")
+def import_s3rec(src: Path, out: Path, attributes: Path | None) -> None:
+    """S3-Rec text file SRC (user item item ...) -> folder OUT."""
+    from recbert.data.importers import import_s3rec as run
+
+    counts = run(src, out, attributes)
+    click.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+# -- config ------------------------------------------------------------------------------------
+def _load_config(config: Path | None, overrides: tuple[str, ...], events: str | None, no_mlflow: bool):
+    from recbert.config import RunConfig
+
+    sets = list(overrides)
+    if events:
+        sets.append(f"data.events={events}")
+    if no_mlflow:
+        sets.append("tracking.enabled=false")
+    return RunConfig.load(config, sets)
+
+
+config_option = click.option("-c", "--config", type=click.Path(path_type=Path), help="TOML or JSON run config.")
+set_option = click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="Override a config key, e.g. --set train.epochs=5 (repeatable).")
+
+
+@cli.command("config")
+@config_option
+@set_option
+def show_config(config: Path | None, overrides: tuple[str, ...]) -> None:
+    """Print the resolved run config as JSON (defaults when no file is given)."""
+    click.echo(json.dumps(_load_config(config, overrides, None, False).to_dict(), indent=2))
+
+
+# -- train / evaluate -------------------------------------------------------------------------
+@cli.command("train")
+@config_option
+@set_option
+@click.option("--events", help="Events parquet (overrides data.events).")
+@click.option("--no-mlflow", is_flag=True, help="Do not track the run in MLflow.")
+def train(config: Path | None, overrides: tuple[str, ...], events: str | None, no_mlflow: bool) -> None:
+    """Train (MLM pretraining and/or next-item training) and evaluate on the test split."""
+    from pipelines.train import format_metrics, run_training
+
+    cfg = _load_config(config, overrides, events, no_mlflow)
+    result = run_training(cfg)
+    test = {k.removeprefix("test/"): v for k, v in result.test_metrics.items() if k.startswith("test/")}
+    click.echo(format_metrics(test, cfg))
+    click.echo(f"model: {result.model_dir}")
+    click.echo(f"mlflow run id: {result.run_id}" if result.run_id else "mlflow: off")
+    click.echo(f"wall time: {result.seconds:.1f}s")
+
+
+def _model_dir(model_dir: Path | None, run_id: str | None) -> Path:
+    from pipelines.evaluate import resolve_model_dir
+
+    return resolve_model_dir(str(model_dir) if model_dir else None, run_id)
+
+
+model_options = [
+    click.option("--run-id", help="MLflow run id whose logged model to use."),
+    click.option("--model-dir", type=click.Path(path_type=Path), help="A saved model directory."),
+]
+
+
+def with_model(f):
+    for opt in reversed(model_options):
+        f = opt(f)
+    return f
+
+
+@cli.command("evaluate")
+@with_model
+@click.option("--events", help="Events parquet to evaluate on (default: the training events).")
+@click.option("--split", type=click.Choice(["leave_one_out", "time"]), help="Override the split.")
+@set_option
+def evaluate(run_id: str | None, model_dir: Path | None, events: str | None, split: str | None,
+             overrides: tuple[str, ...]) -> None:
+    """Full-ranking test metrics of a trained model (all / unseen / sampled protocols)."""
+    from recbert.config import RunConfig
+    from pipelines.evaluate import run_evaluation
+    from pipelines.train import format_metrics
+
+    path = _model_dir(model_dir, run_id)
+    run_cfg = RunConfig.from_dict(json.loads((path / "run_config.json").read_text())) \
+        if (path / "run_config.json").is_file() else RunConfig()
+    if overrides:
+        extra = RunConfig.load(None, list(overrides))
+        run_cfg.eval = extra.eval
+    metrics = run_evaluation(path, events, split, run_cfg.eval)
+    click.echo(format_metrics(metrics, run_cfg))
+
+
+@cli.command("recommend")
+@with_model
+@click.option("--items", required=True, help="Comma-separated ORIGINAL item ids, oldest first.")
+@click.option("-k", "--top-k", default=10, show_default=True)
+@click.option("--keep-seen", is_flag=True, help="Allow items already in the history.")
+def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int, keep_seen: bool) -> None:
+    """Score an ad-hoc history (a new user's sequence) and print the top-k items."""
+    from recbert.model.recommender import SequenceRecommender
+
+    model = SequenceRecommender.from_pretrained(_model_dir(model_dir, run_id))
+    history = [s.strip() for s in items.split(",") if s.strip()]
+    if not model.vocab.is_string:
+        bad = [s for s in history if not s.lstrip("-").isdigit()]
+        if bad:
+            raise RecbertError(f"item ids {bad[:5]} are not integers, but this model's item ids are")
+        history = [int(s) for s in history]
+    unknown = int((model.vocab.encode(history) == 2).sum()) if history else 0
+    if unknown:
+        click.echo(f"note: {unknown} unknown item id(s) scored as [UNK]", err=True)
+    ids, scores = model.recommend([history], k=top_k, exclude_seen=not keep_seen)
+    for rank, (i, s) in enumerate(zip(ids[0], scores[0]), 1):
+        click.echo(f"{rank}\t{i}\t{s:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="recbert", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except RecbertError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""Typed run configuration: one tree of dataclasses that travels whole from the
+CLI to the model directory and to MLflow params.
+
+* ``RunConfig.from_dict`` rejects unknown keys (with a suggestion) and coerces
+  values to the declared types; ``Literal`` fields reject values outside their set.
+* ``RunConfig.flat()`` is the flat ``section.key -> value`` view logged to MLflow.
+* ``RunConfig.load(path, overrides)`` reads TOML or JSON and applies
+  ``section.key=value`` overrides from the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from recbert.errors import ConfigError
+
+Objective = Literal["mlm", "next_item"]
+Attention = Literal["bidirectional", "causal"]
+
+
+@dataclass
+class DataConfig:
+    """Where the events are and how they become per-user sequences."""
+
+    events: str = "data/ml-100k/events.parquet"
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str = "timestamp"
+    # Optional item side features: a parquet with the item column plus categorical
+    # columns (scalar or list values), e.g. Beauty's brand/category attributes.
+    item_features: Optional[str] = None
+    item_feature_columns: list[str] = field(default_factory=list)
+    min_item_count: int = 1  # rarer items map to the UNK bucket
+    min_user_events: int = 2  # users with fewer events are dropped (logged)
+    split: Literal["leave_one_out", "time"] = "leave_one_out"
+    time_val_fraction: float = 0.1  # global time split: share of events after the val cut
+    time_test_fraction: float = 0.1  # ... and after the test cut
+    window_stride: Optional[int] = None  # long histories -> windows every `stride` events (None = max_len)
+
+    def __post_init__(self) -> None:
+        if self.min_item_count < 1:
+            raise ConfigError(f"data.min_item_count must be >= 1, got {self.min_item_count}")
+        if self.min_user_events < 1:
+            raise ConfigError(f"data.min_user_events must be >= 1, got {self.min_user_events}")
+        for name in ("time_val_fraction", "time_test_fraction"):
+            v = getattr(self, name)
+            if not 0.0 < v < 0.5:
+                raise ConfigError(f"data.{name} must be in (0, 0.5), got {v}")
+        if self.window_stride is not None and self.window_stride < 1:
+            raise ConfigError(f"data.window_stride must be >= 1, got {self.window_stride}")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the encoder. ``n_items`` and the feature sizes are filled from the data."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    intermediate: int = 256
+    max_len: int = 50
+    dropout: float = 0.2
+    attention_dropout: float = 0.2
+    norm: Literal["pre", "post"] = "pre"
+    attention: Attention = "bidirectional"  # set by the last training stage
+    residual_attention: bool = False  # RealFormer: add the previous layer's scores
+    output_transform: bool = True  # dense + GELU + LayerNorm before the tied output
+    init_std: float = 0.02
+    n_tokens: int = 0  # vocabulary size incl. PAD/MASK/UNK, filled from the vocabulary
+    feature_cardinalities: dict[str, int] = field(default_factory=dict)  # values per side feature
+    feature_widths: dict[str, int] = field(default_factory=dict)  # max values per item per feature
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "layers", "heads", "intermediate", "max_len"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden % self.heads:
+            raise ConfigError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
+        for name in ("dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class StageConfig:
+    """One training stage (MLM pretraining or next-item training)."""
+
+    objective: Objective = "mlm"
+    epochs: int = 0
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float = 1.0
+    mask_prob: float = 0.2  # MLM: share of tokens masked
+    last_item_mask_prob: float = 0.1  # MLM: share of sequences with only the last item masked
+    patience: int = 10  # evaluations without improvement before stopping
+    eval_every: int = 1  # epochs between validation runs
+    max_minutes: Optional[float] = None  # wall-time budget for the stage
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
+            raise ConfigError("stage epochs must be >= 0 and batch_size, eval_every, patience >= 1")
+        if self.lr <= 0:
+            raise ConfigError(f"stage lr must be > 0, got {self.lr}")
+        if not 0.0 < self.mask_prob < 1.0:
+            raise ConfigError(f"stage mask_prob must be in (0, 1), got {self.mask_prob}")
+        if not 0.0 <= self.last_item_mask_prob <= 1.0:
+            raise ConfigError(f"stage last_item_mask_prob must be in [0, 1], got {self.last_item_mask_prob}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"stage warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass
+class EvalConfig:
+    """Full-ranking evaluation. Both protocols are always reported; ``exclude_seen``
+    picks the one used for model selection and the headline figures."""
+
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    exclude_seen: bool = False  # False: rank against all items; True: history items removed
+    select_metric: str = "ndcg@10"
+    sampled_negatives: int = 100  # sampled protocol (0 = off)
+    batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ConfigError(f"eval.ks must be positive integers, got {self.ks}")
+        name, _, k = self.select_metric.partition("@")
+        if name not in ("ndcg", "hr", "mrr") or (name != "mrr" and (not k.isdigit() or int(k) not in self.ks)):
+            raise ConfigError(
+                f"eval.select_metric {self.select_metric!r} must be 'mrr' or 'ndcg@k'/'hr@k' with k in eval.ks {self.ks}"
+            )
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    experiment: str = "recbert"
+    tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
+    run_name: Optional[str] = None
+
+
+@dataclass
+class RunConfig:
+    """Everything one `recbert train` run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: StageConfig = field(default_factory=lambda: StageConfig(objective="mlm", epochs=0))
+    train: StageConfig = field(default_factory=lambda: StageConfig(objective="mlm", epochs=30))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    seed: int = 42
+    device: str = "auto"
+    threads: Optional[int] = None  # torch intra-op threads (None: torch default)
+    out_dir: str = "runs"  # model directories are written under here
+
+    # -- views -----------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``section.key -> scalar`` (lists and dicts as JSON), for MLflow params."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, obj: Any) -> None:
+            for f in dataclasses.fields(obj):
+                value = getattr(obj, f.name)
+                key = f"{prefix}{f.name}"
+                if dataclasses.is_dataclass(value):
+                    walk(key + ".", value)
+                elif isinstance(value, (list, dict)):
+                    out[key] = json.dumps(value, sort_keys=True)
+                else:
+                    out[key] = value
+
+        walk("", self)
+        return out
+
+    # -- constructors -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        return build_section(cls, raw, "", cls())
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "RunConfig":
+        raw: dict[str, Any] = {}
+        if path is not None:
+            raw = read_config_file(path)
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"override {item!r} must look like section.key=value")
+            _set_path(raw, key.strip(), _parse_scalar(value.strip()))
+        return cls.from_dict(raw)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        if p.suffix == ".toml":
+            return tomllib.loads(p.read_text())
+        if p.suffix == ".json":
+            return json.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not valid {p.suffix[1:].upper()}: {exc}") from None
+    raise ConfigError(f"config file {p} must be .toml or .json")
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def build_section(cls: type, raw: Any, prefix: str, base: Any) -> Any:
+    """Dataclass ``cls`` from ``raw``; keys absent from ``raw`` keep ``base``'s values."""
+    if isinstance(raw, cls):
+        return raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {prefix or '<root>'!r} must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {where!r}{hint}")
+        sub = getattr(base, key)
+        if dataclasses.is_dataclass(sub):
+            kwargs[key] = build_section(type(sub), value, where + ".", sub)
+        else:
+            kwargs[key] = _coerce(hints[key], value, where)
+    try:
+        return dataclasses.replace(base, **kwargs)
+    except TypeError as exc:  # pragma: no cover - all fields have defaults
+        raise ConfigError(f"config section {prefix or '<root>'!r}: {exc}") from None
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"config key {where!r} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {where!r} must be a list, got {value!r}")
+        return [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {where!r} must be a table, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"config key {where!r} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or isinstance(value, float):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key {where!r} must be an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise ConfigError(f"config key {where!r} must be an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key {where!r} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {where!r} must be a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key {where!r} must be a string, got {value!r}")
+        return str(value)
+    return value

@@ -1,0 +1,118 @@
+"""Canonical events: read, validate and normalise a table of (user, item, time).
+
+The canonical table is a parquet file (or a folder of them) with ``user_id``,
+``item_id`` and ``timestamp`` columns (names configurable). IDs may be integers
+or strings; the timestamp may be an integer, a float or a date/datetime.
+A pandas or polars DataFrame is accepted at the Python API edge.
+
+Every problem is reported once, naming the file, the column and the number of
+bad rows. Exact duplicate events are dropped and the count is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Union
+
+import polars as pl
+
+from recbert.errors import DataError
+
+log = logging.getLogger("recbert.data")
+
+EventSource = Union[str, Path, pl.DataFrame, pl.LazyFrame, Any]  # Any: pandas.DataFrame
+
+USER, ITEM, TIME = "user_id", "item_id", "timestamp"
+
+
+def scan_parquet(path: str | Path) -> tuple[pl.LazyFrame, str]:
+    """Lazy scan of a parquet file or a folder of parquet files."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"events file {p} does not exist")
+    if p.is_dir():
+        files = sorted(p.rglob("*.parquet"))
+        if not files:
+            raise DataError(f"events folder {p} holds no .parquet files")
+        target: Any = [str(f) for f in files]
+    else:
+        target = str(p)
+    try:
+        lf = pl.scan_parquet(target)
+        lf.collect_schema()
+    except Exception as exc:  # polars raises several types for unreadable files
+        raise DataError(f"events file {p} is not a readable parquet file: {exc}") from None
+    return lf, str(p)
+
+
+def _as_lazy(source: EventSource) -> tuple[pl.LazyFrame, str]:
+    if isinstance(source, (str, Path)):
+        return scan_parquet(source)
+    if isinstance(source, pl.LazyFrame):
+        return source, "<LazyFrame>"
+    if isinstance(source, pl.DataFrame):
+        return source.lazy(), "<DataFrame>"
+    if type(source).__module__.startswith("pandas"):
+        return pl.from_pandas(source).lazy(), "<pandas.DataFrame>"
+    raise DataError(f"events must be a parquet path or a DataFrame, got {type(source).__name__}")
+
+
+def _id_expr(name: str, dtype: pl.DataType, where: str, role: str) -> pl.Expr:
+    if dtype.is_integer():
+        return pl.col(name).cast(pl.Int64)
+    if dtype in (pl.String, pl.Categorical) or isinstance(dtype, (pl.Categorical, pl.Enum)):
+        return pl.col(name).cast(pl.String)
+    raise DataError(f"{where}: column {name!r} ({role}) must hold integers or strings, found {dtype}")
+
+
+def _time_expr(name: str, dtype: pl.DataType, where: str) -> pl.Expr:
+    if dtype.is_integer():
+        return pl.col(name).cast(pl.Int64)
+    if dtype.is_float():
+        return pl.col(name).cast(pl.Float64)
+    if dtype == pl.Date:
+        return pl.col(name).cast(pl.Datetime("us")).dt.epoch("us")
+    if isinstance(dtype, pl.Datetime):
+        return pl.col(name).dt.epoch("us")
+    raise DataError(f"{where}: column {name!r} (timestamp) must be integer, float, date or datetime, found {dtype}")
+
+
+def load_events(
+    source: EventSource,
+    user_col: str = USER,
+    item_col: str = ITEM,
+    time_col: str = TIME,
+) -> pl.DataFrame:
+    """Validated events with columns ``user_id``, ``item_id``, ``timestamp``,
+    in file order, exact duplicates removed."""
+    lf, where = _as_lazy(source)
+    schema = lf.collect_schema()
+    missing = [c for c in (user_col, item_col, time_col) if c not in schema]
+    if missing:
+        raise DataError(
+            f"{where}: missing column(s) {missing}; found {list(schema.names())}. "
+            "Name the columns with data.user_col / data.item_col / data.time_col."
+        )
+    exprs = [
+        _id_expr(user_col, schema[user_col], where, "user id").alias(USER),
+        _id_expr(item_col, schema[item_col], where, "item id").alias(ITEM),
+        _time_expr(time_col, schema[time_col], where).alias(TIME),
+    ]
+    df = lf.select(exprs).collect(engine="streaming")
+    if df.height == 0:
+        raise DataError(f"{where}: holds no events")
+    nulls = {c: n for c, n in zip(df.columns, df.null_count().row(0)) if n}
+    if nulls:
+        named = {USER: user_col, ITEM: item_col, TIME: time_col}
+        parts = ", ".join(f"{n} null value(s) in column {named[c]!r}" for c, n in nulls.items())
+        raise DataError(f"{where}: {parts} (of {df.height} rows); drop or fill them before import")
+    if df.schema[TIME] == pl.Float64:
+        bad = df.filter(~pl.col(TIME).is_finite()).height
+        if bad:
+            raise DataError(f"{where}: {bad} non-finite value(s) in column {time_col!r}")
+    before = df.height
+    df = df.unique(maintain_order=True)
+    if df.height < before:
+        log.info("%s: dropped %d exact duplicate event(s) of %d", where, before - df.height, before)
+    return df

@@ -1,0 +1,19 @@
+"""User-facing errors: the CLI prints these as one line, without a traceback."""
+
+from __future__ import annotations
+
+
+class RecbertError(Exception):
+    """A problem with the user's input (data, config, checkpoint), not a bug."""
+
+
+class DataError(RecbertError):
+    """Events or feature files that cannot be used as they are."""
+
+
+class ConfigError(RecbertError):
+    """A configuration that names an unknown key or holds a bad value."""
+
+
+class CheckpointError(RecbertError):
+    """A saved model directory that is missing, corrupt or does not match its config."""

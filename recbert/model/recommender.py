@@ -1,0 +1,205 @@
+"""The sequence recommender: embeddings -> encoder -> tied item scorer.
+
+``SequenceRecommender(config)`` builds the default parts; any part can be
+injected instead. A model directory holds ``config.json`` (the ModelConfig),
+``model.safetensors`` and ``vocab.parquet``: weights, config and id mapping
+always travel together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from recbert.config import ModelConfig, build_section
+from recbert.data.batches import left_pad
+from recbert.data.vocab import MASK, N_SPECIAL, ItemVocab
+from recbert.errors import CheckpointError, ConfigError, RecbertError
+from recbert.io import atomic_dir
+from recbert.model.embeddings import SequenceEmbeddings
+from recbert.model.encoder import Encoder, EncoderOutput
+
+CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.parquet"
+
+
+class ItemScorer(nn.Module):
+    """Scores hidden vectors against every real item: ``T(h) @ E[items].T + b``,
+    with ``E`` the (tied) input item table and ``T`` an optional dense+GELU+LN."""
+
+    def __init__(self, config: ModelConfig, item_table: nn.Embedding):
+        super().__init__()
+        self.item_table = item_table
+        self.transform = (
+            nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.LayerNorm(config.hidden))
+            if config.output_transform else nn.Identity()
+        )
+        self.bias = nn.Parameter(torch.zeros(config.n_tokens - N_SPECIAL))
+
+    def query(self, hidden: Tensor) -> Tensor:
+        """The vector that is dotted with item vectors (the user embedding)."""
+        return self.transform(hidden)
+
+    def item_vectors(self) -> Tensor:
+        """``[n_items, H]``: row ``i`` is the item with token ``i + N_SPECIAL``."""
+        return self.item_table.weight[N_SPECIAL:]
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.addmm(self.bias, self.query(hidden), self.item_vectors().T)
+
+
+class SequenceRecommender(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        embeddings: Optional[nn.Module] = None,
+        encoder: Optional[nn.Module] = None,
+        scorer: Optional[nn.Module] = None,
+    ):
+        super().__init__()
+        if config.n_tokens <= N_SPECIAL:
+            raise ConfigError("model.n_tokens is not set: build the model from a vocabulary (n_tokens = len(vocab))")
+        self.config = config
+        self.embeddings = embeddings if embeddings is not None else SequenceEmbeddings(config)
+        self.encoder = encoder if encoder is not None else Encoder(config)
+        self.scorer = scorer if scorer is not None else ItemScorer(config, self.embeddings.item)
+        self.vocab: Optional[ItemVocab] = None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, std=self.config.init_std, a=-2 * self.config.init_std,
+                                  b=2 * self.config.init_std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+
+    @property
+    def causal(self) -> bool:
+        return self.config.attention == "causal"
+
+    def forward(self, input_ids: Tensor, causal: Optional[bool] = None) -> EncoderOutput:
+        causal = self.causal if causal is None else causal
+        return self.encoder(self.embeddings(input_ids), input_ids, causal)
+
+    # -- inference ---------------------------------------------------------------------
+    def inference_rows(self, histories: Sequence[np.ndarray] | np.ndarray) -> Tensor:
+        """Left-padded input rows for histories of tokens: the newest ``max_len``
+        events for a causal model, the newest ``max_len - 1`` plus [MASK] for a
+        bidirectional (cloze) model."""
+        if isinstance(histories, np.ndarray) and histories.ndim == 2:
+            rows = histories
+        else:
+            lens = np.array([len(h) for h in histories], dtype=np.int64)
+            flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(lens) else np.zeros(0, np.int64)
+            ends = np.cumsum(lens)
+            width = self.config.max_len - (0 if self.causal else 1)
+            rows = left_pad(flat, ends - lens, ends, width)
+        if not self.causal:
+            rows = np.concatenate([rows, np.full((len(rows), 1), MASK, dtype=np.int64)], axis=1)
+        return torch.from_numpy(rows)
+
+    def user_vectors(self, input_ids: Tensor) -> Tensor:
+        """``[B, H]`` user embeddings: the scorer's query at the last position."""
+        out = self(input_ids)
+        return self.scorer.query(out.last_hidden_state[:, -1])
+
+    def item_vectors(self) -> Tensor:
+        return self.scorer.item_vectors()
+
+    @torch.no_grad()
+    def recommend(self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` original item ids and scores for ad-hoc histories of ORIGINAL
+        item ids (oldest first). Unknown ids become [UNK]; never a crash. When
+        the history leaves fewer than ``k`` items, the last slots hold id None
+        and score -inf."""
+        if self.vocab is None:
+            raise CheckpointError("this model has no vocabulary attached; load it with from_pretrained")
+        if not 1 <= k <= self.vocab.n_items:
+            raise RecbertError(f"k={k} must be between 1 and the number of items ({self.vocab.n_items})")
+        tokens = [self.vocab.encode(np.asarray(h, dtype=object if self.vocab.is_string else None)) for h in histories]
+        self.eval()
+        rows = self.inference_rows(tokens).to(self.bias_device)
+        scores = self.scorer(self(rows).last_hidden_state[:, -1])
+        if exclude_seen:
+            for i, t in enumerate(tokens):
+                seen = t[t >= N_SPECIAL] - N_SPECIAL
+                scores[i, torch.from_numpy(seen)] = float("-inf")
+        top = torch.topk(scores, k, dim=1)
+        values = top.values.cpu().numpy()
+        ids = self.vocab.decode(top.indices.cpu().numpy() + N_SPECIAL).astype(object)
+        ids[~np.isfinite(values)] = None  # fewer than k unseen items left
+        return ids, values
+
+    @property
+    def bias_device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- persistence -------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path, vocab: Optional[ItemVocab] = None,
+                        extra: Optional[dict] = None) -> Path:
+        """Write config, weights (safetensors) and vocabulary; atomic."""
+        vocab = vocab if vocab is not None else self.vocab
+        if vocab is None:
+            raise CheckpointError("save_pretrained needs the vocabulary (pass vocab= or set model.vocab)")
+        if len(vocab) != self.config.n_tokens:
+            raise CheckpointError(f"vocabulary has {len(vocab)} tokens but model.n_tokens is {self.config.n_tokens}")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state.pop("scorer.item_table.weight", None)  # tied to embeddings.item.weight
+        with atomic_dir(directory) as tmp:
+            (tmp / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2, sort_keys=True) + "\n")
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "recbert": "1"})
+            vocab.save(tmp / VOCAB_FILE)
+            for name, payload in (extra or {}).items():
+                (tmp / name).write_text(payload)
+        return Path(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str = "cpu") -> "SequenceRecommender":
+        d = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE):
+            if not (d / name).is_file():
+                raise CheckpointError(f"model directory {d} has no {name}")
+        try:
+            raw = json.loads((d / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{d / CONFIG_FILE} is not valid JSON: {exc}") from None
+        try:
+            config = build_section(ModelConfig, raw, "model.", ModelConfig())
+        except ConfigError as exc:
+            raise CheckpointError(f"{d / CONFIG_FILE}: {exc}") from None
+        vocab = ItemVocab.load(d / VOCAB_FILE)
+        if len(vocab) != config.n_tokens:
+            raise CheckpointError(
+                f"{d}: vocabulary has {len(vocab)} tokens but config.json says n_tokens={config.n_tokens}")
+        try:
+            state = load_file(str(d / WEIGHTS_FILE), device=map_location)
+        except Exception as exc:
+            raise CheckpointError(f"{d / WEIGHTS_FILE} is not a readable safetensors file: {exc}") from None
+        model = cls(config)
+        expected = {k: v.shape for k, v in model.state_dict().items() if k != "scorer.item_table.weight"}
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if tuple(state[k].shape) != tuple(expected[k]))
+        if missing or unexpected or wrong:
+            detail = "; ".join(
+                part for part in (
+                    f"missing {missing[:5]}" if missing else "",
+                    f"unexpected {unexpected[:5]}" if unexpected else "",
+                    ", ".join(f"{k} has shape {tuple(state[k].shape)}, config expects {tuple(expected[k])}" for k in wrong[:5]),
+                ) if part
+            )
+            raise CheckpointError(f"{d / WEIGHTS_FILE} does not match {d / CONFIG_FILE}: {detail}")
+        model.load_state_dict(state, strict=False)
+        model.vocab = vocab
+        model.eval()
+        return model

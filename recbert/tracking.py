@@ -1,0 +1,131 @@
+"""MLflow tracking: every run's config as params, per-epoch and final metrics,
+and the model directory as an artifact that can be loaded back by run id.
+
+Local by default: ``sqlite:///mlruns/mlflow.db`` with artifacts under
+``mlruns/artifacts``, unless ``tracking.tracking_uri`` or ``$MLFLOW_TRACKING_URI``
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from recbert.config import TrackingConfig
+from recbert.errors import CheckpointError
+
+log = logging.getLogger("recbert.tracking")
+
+DEFAULT_HOME = Path("mlruns")
+MODEL_ARTIFACT = "model"
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    if config.tracking_uri:
+        return config.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    DEFAULT_HOME.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(DEFAULT_HOME / 'mlflow.db').resolve()}"
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / :`` and spaces: ``ndcg@10`` -> ``ndcg_at_10``."""
+    return re.sub(r"[^\w\-./: ]", "_", name.replace("@", "_at_"))
+
+
+def _client(config: TrackingConfig):
+    from mlflow.tracking import MlflowClient  # mlflow is slow to import: only when tracking
+
+    uri = tracking_uri(config)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=uri), uri
+
+
+class Tracker:
+    """One MLflow run. With ``enabled=False`` every call is a no-op and ``run_id`` is None."""
+
+    def __init__(self, config: TrackingConfig, parent_run_id: Optional[str] = None):
+        self.config = config
+        self.run_id: Optional[str] = None
+        self.client = None
+        self.uri: Optional[str] = None
+        self.parent_run_id = parent_run_id
+
+    def start(self, params: dict[str, Any], run_name: Optional[str] = None) -> Optional[str]:
+        if not self.config.enabled:
+            return None
+        from mlflow.entities import Param
+
+        self.client, self.uri = _client(self.config)
+        exp = self.client.get_experiment_by_name(self.config.experiment)
+        if exp is None:
+            location = None
+            if self.uri.startswith("sqlite:///") and not self.config.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+                location = (DEFAULT_HOME / "artifacts").resolve().as_uri()
+            exp_id = self.client.create_experiment(self.config.experiment, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
+        run = self.client.create_run(exp_id, run_name=run_name or self.config.run_name, tags=tags)
+        self.run_id = run.info.run_id
+        items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        log.info("MLflow run %s (experiment %r, %s)", self.run_id, self.config.experiment, self.uri)
+        return self.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(metric_key(k), float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: Optional[str] = None) -> None:
+        if self.run_id is not None:
+            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.run_id is not None:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.run_id is not None:
+            self.client.set_tag(self.run_id, key, value)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, status)
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.end("FAILED" if exc_type else "FINISHED")
+
+
+def download_model(run_id: str, config: TrackingConfig | None = None, dst: str | Path | None = None) -> Path:
+    """Fetch the model directory logged by run ``run_id``."""
+    import mlflow
+
+    cfg = config or TrackingConfig()
+    uri = tracking_uri(cfg)
+    client, _ = _client(cfg)
+    try:
+        client.get_run(run_id)
+    except Exception:
+        raise CheckpointError(f"no MLflow run {run_id!r} in {uri}") from None
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
+                                                   tracking_uri=uri, dst_path=str(dst) if dst else None)
+    except Exception as exc:
+        raise CheckpointError(f"run {run_id} has no '{MODEL_ARTIFACT}' artifact: {exc}") from None
+    return Path(path)

@@ -1,0 +1,299 @@
+"""Full-ranking evaluation: target ranks under each protocol, negative sampling,
+and evaluate_ranking against a brute-force numpy computation."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from recbert.config import EvalConfig, ModelConfig
+from recbert.data.sequences import EvalSet, Sequences
+from recbert.data.vocab import MASK, N_SPECIAL, PAD, UNK
+from recbert.evaluation.metrics import ranking_metrics
+from recbert.evaluation.ranking import (
+    evaluate_ranking,
+    history_mask,
+    sample_negatives,
+    selection_protocol,
+    target_ranks,
+)
+from recbert.model.recommender import SequenceRecommender
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# -- target_ranks ----------------------------------------------------------------------------
+SCORES = torch.tensor([
+    [0.1, 0.5, 0.3, 0.9, 0.3],
+    [0.1, 0.5, 0.3, 0.9, 0.3],
+    [0.1, 0.5, 0.3, 0.9, 0.3],
+    [0.1, 0.5, 0.3, 0.9, 0.3],
+    [0.4, 0.4, 0.4, 0.4, 0.4],
+])
+
+
+def seen_rows(*sets, n=5):
+    m = torch.zeros(len(sets), n, dtype=torch.bool)
+    for r, s in enumerate(sets):
+        m[r, list(s)] = True
+    return m
+
+
+def test_target_ranks_all_and_unseen():
+    targets = torch.tensor([2, 2, 3, -1, 1])
+    seen = seen_rows({3}, {2, 1}, {0, 1}, set(), {0})
+    ranks = target_ranks(SCORES, targets, seen, 0, gen())
+    assert "sampled" not in ranks
+    # 'all': items scored strictly higher (the tie at item 4 does not count)
+    assert ranks["all"].tolist() == [2, 2, 0, 5, 0]
+    # 'unseen': history items removed; a target inside the history is a miss (n_items)
+    assert ranks["unseen"].tolist() == [1, 5, 0, 5, 0]
+
+
+def test_target_ranks_sampled_with_all_negatives_is_exact():
+    targets = torch.tensor([2, 0, -1, 1])
+    scores = SCORES[:4]
+    seen = seen_rows({3}, set(), set(), {1, 3})
+    ranks = target_ranks(scores, targets, seen, 100, gen())
+    # capped at n_items - 1 negatives: every non-history, non-target item is a negative
+    # row 0: negatives {0, 1, 4} -> above 0.3: {1}; row 1: {1..4} -> all 4 above 0.1
+    # row 3: target in history -> ranked against {0, 2, 4}: none above 0.5
+    assert ranks["sampled"].tolist() == [1, 4, 5, 0]
+
+
+def test_target_ranks_sampled_bounds():
+    torch.manual_seed(0)
+    scores = torch.randn(200, 40)
+    targets = torch.randint(0, 40, (200,))
+    seen = torch.rand(200, 40) < 0.2
+    ranks = target_ranks(scores, targets, seen, 10, gen(3))
+    assert (ranks["sampled"] <= 10).all()
+    hit = ~seen.gather(1, targets[:, None])[:, 0]
+    # sampled negatives are a subset of the unseen items, so the rank cannot exceed the unseen rank
+    assert (ranks["sampled"][hit] <= ranks["unseen"][hit]).all()
+    assert (ranks["unseen"][hit] <= ranks["all"][hit]).all()
+    assert ranks["sampled"].float().mean() < ranks["unseen"][hit].float().mean()
+    again = target_ranks(scores, targets, seen, 10, gen(3))
+    assert torch.equal(again["sampled"], ranks["sampled"])
+
+
+# -- sample_negatives -----------------------------------------------------------------------
+def test_sample_negatives_distinct_allowed_and_validity():
+    n_items, n = 50, 10
+    forbidden = torch.zeros(4, n_items, dtype=torch.bool)
+    forbidden[1, 5:] = True  # 5 allowed < n
+    forbidden[2, :] = True
+    forbidden[2, 20:30] = False  # exactly n allowed
+    forbidden[3, ::2] = True  # 25 allowed
+    items, valid = sample_negatives(forbidden, n, gen(1))
+    assert items.shape == valid.shape == (4, n)
+    for r in range(4):
+        got = items[r][valid[r]].tolist()
+        assert len(got) == len(set(got)), "negatives must be distinct"
+        assert not forbidden[r, got].any(), "negatives must be allowed"
+    assert valid[0].all() and valid[3].all()
+    assert valid[1].sum() == 5 and set(items[1][valid[1]].tolist()) == {0, 1, 2, 3, 4}
+    assert valid[2].all() and set(items[2].tolist()) == set(range(20, 30))
+
+
+def test_sample_negatives_none_allowed():
+    forbidden = torch.ones(2, 8, dtype=torch.bool)
+    items, valid = sample_negatives(forbidden, 3, gen())
+    assert not valid.any()
+
+
+def test_sample_negatives_uniform_over_a_large_catalogue():
+    rows, n_items, n = 3000, 400, 20
+    forbidden = torch.zeros(rows, n_items, dtype=torch.bool)
+    forbidden[:, :40] = True
+    items, valid = sample_negatives(forbidden, n, gen(5))
+    assert valid.all()
+    freq = torch.bincount(items.flatten(), minlength=n_items).float() / rows
+    assert (freq[:40] == 0).all()
+    # each of the 360 allowed items is drawn in 20/360 of rows
+    assert torch.allclose(freq[40:], torch.full((360,), n / 360), atol=0.02)
+    assert abs(freq[40:220].mean() - freq[220:].mean()) < 0.003
+
+
+def test_sample_negatives_uniform_over_a_small_catalogue():
+    rows, n_items, n = 10000, 20, 3
+    forbidden = torch.zeros(rows, n_items, dtype=torch.bool)
+    forbidden[:, :4] = True
+    items, valid = sample_negatives(forbidden, n, gen(5))
+    assert valid.all()
+    freq = torch.bincount(items.flatten(), minlength=n_items).float() / rows
+    assert (freq[:4] == 0).all()
+    # each of the 16 allowed items is drawn in 3/16 of rows (std ~0.004 at this size)
+    assert torch.allclose(freq[4:], torch.full((16,), n / 16), atol=0.02)
+
+
+# -- history_mask ----------------------------------------------------------------------------
+def test_history_mask_rows_and_unk():
+    seqs = Sequences(np.array([1, 2, 3]), np.array([3, UNK, 5, 4, 4, 6]), np.array([0, 3, 3, 6]))
+    m = history_mask(seqs, np.array([2, 0, 1]), 4)
+    assert m.tolist() == [
+        [False, True, False, True],  # user 3: tokens 4, 4, 6
+        [True, False, True, False],  # user 1: tokens 3, UNK, 5 (UNK is not an item)
+        [False, False, False, False],  # user 2: empty history
+    ]
+
+
+# -- evaluate_ranking ------------------------------------------------------------------------
+class BagOfTokensModel(nn.Module):
+    """Fake recommender with exactly known scores. The hidden state at the last
+    column is a position-weighted bag of the row's tokens (weight = distance from
+    the left edge of a max_len window), and the scorer multiplies it by an
+    integer matrix, so float32 scores are exact integers."""
+
+    def __init__(self, n_items: int, max_len: int, causal: bool, seed: int = 0):
+        super().__init__()
+        self.config = ModelConfig(hidden=8, heads=2, max_len=max_len, n_tokens=n_items + N_SPECIAL,
+                                  attention="causal" if causal else "bidirectional")
+        g = np.random.default_rng(seed)
+        self.weights = torch.from_numpy(g.integers(-4, 5, (self.config.n_tokens, n_items)).astype(np.float32))
+        self.scorer = lambda h: h @ self.weights
+        self.modes_seen: list[bool] = []
+        self.widths: list[int] = []
+
+    @property
+    def causal(self) -> bool:
+        return self.config.attention == "causal"
+
+    def forward(self, x: torch.Tensor):
+        self.modes_seen.append(self.training)
+        self.widths.append(x.shape[1])
+        b, length = x.shape
+        pos_weight = torch.arange(self.config.max_len - length + 1, self.config.max_len + 1, dtype=torch.float32)
+        onehot = torch.nn.functional.one_hot(x, self.config.n_tokens).float() * pos_weight[None, :, None]
+        onehot[x == PAD] = 0
+        h = torch.zeros(b, length, self.config.n_tokens)
+        h[:, -1] = onehot.sum(1)
+        return types.SimpleNamespace(last_hidden_state=h)
+
+
+def brute_scores(model: BagOfTokensModel, history: list[int]) -> np.ndarray:
+    max_len = model.config.max_len
+    row = history[-(max_len - 1):] + [MASK] if not model.causal else history[-max_len:]
+    vec = np.zeros(model.config.n_tokens)
+    for j, tok in enumerate(row):
+        vec[tok] += max_len - len(row) + j + 1
+    return vec @ model.weights.numpy().astype(np.float64)
+
+
+def brute_ranks(model, histories, targets, n_items):
+    out = {"all": [], "unseen": [], "sampled": []}
+    for hist, target in zip(histories, targets):
+        t = target - N_SPECIAL
+        if t < 0:
+            for k in out:
+                out[k].append(n_items)
+            continue
+        s = brute_scores(model, hist)
+        seen = {x - N_SPECIAL for x in hist if x >= N_SPECIAL}
+        above = s > s[t]
+        out["all"].append(int(above.sum()))
+        unseen_above = sum(1 for i in range(n_items) if above[i] and i not in seen)
+        out["unseen"].append(n_items if t in seen else unseen_above)
+        # with every allowed item sampled: rank among items outside history and target
+        out["sampled"].append(sum(1 for i in range(n_items) if above[i] and i not in seen and i != t))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def make_eval_set(n_users=23, n_items=30, seed=0):
+    g = np.random.default_rng(seed)
+    histories, targets = [], []
+    for u in range(n_users):
+        n = int(g.integers(0 if u == 0 else 1, 12))
+        hist = g.integers(N_SPECIAL, N_SPECIAL + n_items, n).tolist()
+        if u % 5 == 1:
+            hist[len(hist) // 2] = UNK  # unknown item inside the history
+        histories.append(hist)
+        if u % 7 == 3:
+            targets.append(UNK)  # unknown target: always a miss
+        elif u % 4 == 2 and hist and hist[-1] >= N_SPECIAL:
+            targets.append(hist[-1])  # target already in the history
+        else:
+            targets.append(int(g.integers(N_SPECIAL, N_SPECIAL + n_items)))
+    lengths = np.array([len(h) for h in histories])
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    items = np.array([x for h in histories for x in h], dtype=np.int64)
+    return EvalSet(Sequences(np.arange(n_users) * 10, items, offsets), np.array(targets, dtype=np.int64)), histories
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_evaluate_ranking_matches_brute_force(causal):
+    n_items, max_len = 30, 6
+    model = BagOfTokensModel(n_items, max_len, causal)
+    model.train()
+    eval_set, histories = make_eval_set(n_items=n_items)
+    assert any(len(h) > max_len for h in histories)
+    config = EvalConfig(ks=[1, 3, 10], select_metric="ndcg@10", sampled_negatives=1000, batch_size=4)
+    out = evaluate_ranking(model, eval_set, config, seed=0)
+
+    expected = brute_ranks(model, histories, eval_set.targets.tolist(), n_items)
+    assert (expected["unseen"] == n_items).sum() > (expected["all"] == n_items).sum()  # the cases are exercised
+    assert out["n_users"] == len(histories)
+    for protocol, ranks in expected.items():
+        for metric, value in ranking_metrics(ranks, config.ks).items():
+            assert out[f"{protocol}/{metric}"] == pytest.approx(value, abs=1e-12), (protocol, metric)
+    assert set(out) == {"n_users"} | {f"{p}/{m}" for p in expected for m in ranking_metrics(expected["all"], config.ks)}
+    # run in eval mode, training mode restored, batches no wider than max_len
+    assert model.modes_seen and not any(model.modes_seen)
+    assert model.training
+    assert max(model.widths) == max_len and len(model.widths) == 6  # ceil(23 / 4) batches
+
+
+def test_evaluate_ranking_sampled_protocol_off_and_seeded():
+    model = BagOfTokensModel(30, 6, causal=False)
+    model.eval()
+    eval_set, _ = make_eval_set(n_items=30, seed=1)
+    off = evaluate_ranking(model, eval_set, EvalConfig(ks=[10], sampled_negatives=0, batch_size=8))
+    assert not any(k.startswith("sampled/") for k in off)
+    assert not model.training  # it was in eval mode before and stays so
+    cfg = EvalConfig(ks=[10], sampled_negatives=5, batch_size=8)
+    a, b = evaluate_ranking(model, eval_set, cfg, seed=3), evaluate_ranking(model, eval_set, cfg, seed=3)
+    assert a == b
+    assert a["sampled/hr@10"] >= a["unseen/hr@10"]  # 5 negatives: every ranked target is in the top 10
+    assert a["all/mrr"] == off["all/mrr"]
+
+
+def test_evaluate_ranking_with_a_real_model():
+    """A real SequenceRecommender whose item vectors are zero scores every user by the
+    output bias alone, so the ranks follow from the bias values."""
+    n_items = 12
+    cfg = ModelConfig(hidden=8, layers=1, heads=2, intermediate=16, max_len=5, n_tokens=n_items + N_SPECIAL,
+                      dropout=0.0, attention_dropout=0.0)
+    model = SequenceRecommender(cfg)
+    bias = torch.randperm(n_items, generator=gen(2)).float()
+    with torch.no_grad():
+        model.embeddings.item.weight[N_SPECIAL:] = 0.0
+        model.scorer.bias.copy_(bias)
+    eval_set, histories = make_eval_set(n_users=9, n_items=n_items, seed=4)
+    out = evaluate_ranking(model, eval_set, EvalConfig(ks=[1, 5], select_metric="hr@5", sampled_negatives=0,
+                                                       batch_size=4))
+    b = bias.numpy()
+    all_ranks, unseen_ranks = [], []
+    for hist, target in zip(histories, eval_set.targets):
+        t = int(target) - N_SPECIAL
+        if t < 0:
+            all_ranks.append(n_items)
+            unseen_ranks.append(n_items)
+            continue
+        seen = {x - N_SPECIAL for x in hist if x >= N_SPECIAL}
+        all_ranks.append(int((b > b[t]).sum()))
+        unseen_ranks.append(n_items if t in seen else sum(1 for i in range(n_items) if b[i] > b[t] and i not in seen))
+    for protocol, ranks in (("all", all_ranks), ("unseen", unseen_ranks)):
+        for metric, value in ranking_metrics(np.array(ranks), [1, 5]).items():
+            assert out[f"{protocol}/{metric}"] == pytest.approx(value), (protocol, metric)
+    assert model.training  # restored
+
+
+def test_selection_protocol():
+    assert selection_protocol(EvalConfig(exclude_seen=True)) == "unseen"
+    assert selection_protocol(EvalConfig()) == "all"

@@ -1,0 +1,122 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recbert.config import ModelConfig
+from recbert.data.vocab import MASK, ItemVocab
+from recbert.errors import CheckpointError, ConfigError
+from recbert.model.recommender import SequenceRecommender
+
+
+def make_model(attention="bidirectional", string_ids=False, **kw):
+    ids = [f"i{i}" for i in range(10)] if string_ids else list(range(100, 110))
+    vocab = ItemVocab(np.array(ids, dtype=object if string_ids else np.int64))
+    cfg = ModelConfig(hidden=16, layers=2, heads=2, intermediate=32, max_len=6, dropout=0.1,
+                      attention_dropout=0.1, n_tokens=len(vocab), attention=attention, **kw)
+    torch.manual_seed(0)
+    model = SequenceRecommender(cfg)
+    model.vocab = vocab
+    return model.eval()
+
+
+def test_scorer_is_tied_to_the_item_embeddings():
+    model = make_model()
+    assert model.scorer.item_table.weight is model.embeddings.item.weight
+    assert model.item_vectors().shape == (10, 16)
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_save_and_load_give_identical_outputs(tmp_path, attention):
+    model = make_model(attention, residual_attention=True)
+    ids = torch.tensor([[0, 3, 4, 5, 6, 1]])
+    before = model.scorer(model(ids).last_hidden_state[:, -1])
+    model.save_pretrained(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "vocab.parquet"]
+    loaded = SequenceRecommender.from_pretrained(tmp_path / "m")
+    after = loaded.scorer(loaded(ids).last_hidden_state[:, -1])
+    assert torch.allclose(before, after)
+    assert loaded.vocab == model.vocab and loaded.config == model.config
+    assert loaded.scorer.item_table.weight is loaded.embeddings.item.weight
+
+
+def test_model_needs_a_vocabulary_size():
+    with pytest.raises(ConfigError, match="n_tokens"):
+        SequenceRecommender(ModelConfig())
+
+
+def test_inference_rows_append_mask_only_for_cloze_models():
+    bi, ca = make_model("bidirectional"), make_model("causal")
+    hist = [np.array([3, 4, 5, 6, 7, 8, 9])]
+    rb, rc = bi.inference_rows(hist), ca.inference_rows(hist)
+    assert rb.tolist() == [[5, 6, 7, 8, 9, MASK]]  # newest max_len - 1 items + [MASK]
+    assert rc.tolist() == [[4, 5, 6, 7, 8, 9]]  # newest max_len items
+
+
+def test_recommend_maps_ids_excludes_seen_and_tolerates_unknown_ids():
+    model = make_model(string_ids=True)
+    ids, scores = model.recommend([["i1", "i2", "never-seen"], []], k=10, exclude_seen=True)
+    assert ids.shape == (2, 10)
+    finite = np.isfinite(scores[0])
+    assert finite.sum() == 8 and np.all(np.diff(scores[0][finite]) <= 0)
+    assert not {"i1", "i2"} & set(ids[0][finite])
+    assert list(ids[0][~finite]) == [None, None]
+    assert set(ids[1]) == {f"i{i}" for i in range(10)}
+    top_all, _ = model.recommend([["i1"]], k=3, exclude_seen=False)
+    assert top_all.shape == (1, 3)
+
+
+def test_recommend_rejects_bad_k():
+    model = make_model()
+    with pytest.raises(Exception, match="k=11"):
+        model.recommend([[100]], k=11)
+
+
+def test_missing_file_and_corrupt_weights_are_reported(tmp_path):
+    model = make_model()
+    d = tmp_path / "m"
+    model.save_pretrained(d)
+    (d / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        SequenceRecommender.from_pretrained(d)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has no model.safetensors"):
+        SequenceRecommender.from_pretrained(d)
+
+
+def test_checkpoint_that_does_not_match_its_config_is_reported(tmp_path):
+    model = make_model()
+    d = tmp_path / "m"
+    model.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["hidden"] = 32
+    cfg["intermediate"] = 64
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="does not match"):
+        SequenceRecommender.from_pretrained(d)
+    cfg["hidden"], cfg["intermediate"], cfg["n_tokens"] = 16, 32, 99
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="vocabulary has 13 tokens"):
+        SequenceRecommender.from_pretrained(d)
+    cfg["n_tokens"], cfg["bogus"] = 13, 1
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="bogus"):
+        SequenceRecommender.from_pretrained(d)
+
+
+def test_save_is_atomic_and_keeps_the_old_model_on_failure(tmp_path, monkeypatch):
+    model = make_model()
+    d = tmp_path / "m"
+    model.save_pretrained(d)
+    before = (d / "model.safetensors").read_bytes()
+    import recbert.model.recommender as rec
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rec, "save_file", boom)
+    with pytest.raises(OSError):
+        model.save_pretrained(d)
+    assert (d / "model.safetensors").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]

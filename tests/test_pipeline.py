@@ -1,0 +1,106 @@
+"""End to end through the CLI: training, MLflow contents, loading back, bad input."""
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from recbert.cli import main
+from tests.conftest import cyclic_events
+
+FAST = ["--set", "model.hidden=32", "--set", "model.intermediate=64", "--set", "model.max_len=12",
+        "--set", "pretrain.epochs=2", "--set", "train.objective=next_item", "--set", "train.epochs=3",
+        "--set", "train.batch_size=64", "--set", "pretrain.batch_size=64", "--set", "out_dir=runs"]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_logs_everything_to_mlflow_and_evaluates_back(cyclic_parquet, mlflow_uri, capsys):
+    code, out, err = run_cli(["-q", "train", "--events", str(cyclic_parquet), *FAST], capsys)
+    assert code == 0, err
+    run_id = out.split("mlflow run id: ")[1].split()[0]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(run_id)
+    params, metrics = run.data.params, run.data.metrics
+    assert params["model.hidden"] == "32" and params["train.objective"] == "next_item"
+    assert params["data.events"] == str(cyclic_parquet) and "eval.ks" in params
+    for key in ("test/all/ndcg_at_10", "test/unseen/hr_at_10", "test/sampled/mrr", "time/total_seconds"):
+        assert key in metrics, key
+    assert metrics["test/all/hr_at_10"] > 0.5  # the ring pattern is learnt
+    history = client.get_metric_history(run_id, "train/loss")
+    assert len(history) == 3 and len(client.get_metric_history(run_id, "pretrain/loss")) == 2
+    assert len(client.get_metric_history(run_id, "val/all/ndcg_at_10")) == 5
+    files = {f.path for f in client.list_artifacts(run_id, "model")}
+    assert {"model/config.json", "model/model.safetensors", "model/vocab.parquet", "model/run_config.json",
+            "model/metrics.json"} <= files
+    assert run.info.status == "FINISHED"
+
+    code, out2, err2 = run_cli(["-q", "evaluate", "--run-id", run_id], capsys)
+    assert code == 0, err2
+    hr10 = float(out2.splitlines()[2].split("|")[6])  # 'all' row, hr@10 column
+    assert hr10 == pytest.approx(metrics["test/all/hr_at_10"], abs=5e-5)
+
+    code, out3, _ = run_cli(["recommend", "--run-id", run_id, "--items", "3,4,5", "-k", "2"], capsys)
+    assert code == 0 and out3.splitlines()[0].split("\t")[1] == "6"  # the ring continues
+
+
+def test_default_tracking_home_is_local_sqlite(tmp_path, monkeypatch, cyclic_parquet, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["-q", "train", "--events", str(cyclic_parquet), *FAST,
+                              "--set", "pretrain.epochs=0", "--set", "train.epochs=1"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    run_id = out.split("mlflow run id: ")[1].split()[0]
+    assert list((tmp_path / "mlruns" / "artifacts").glob(f"{run_id}/artifacts/model/model.safetensors"))
+
+
+def test_string_ids_and_time_split_without_mlflow(tmp_path, capsys):
+    path = tmp_path / "ev.parquet"
+    cyclic_events(string_ids=True).write_parquet(path)
+    code, out, err = run_cli(["-q", "train", "--no-mlflow", "--events", str(path), *FAST,
+                              "--set", "data.split=time", "--set", f"out_dir={tmp_path / 'runs'}"], capsys)
+    assert code == 0, err
+    assert "mlflow: off" in out
+    model_dir = Path(out.split("model: ")[1].split()[0])
+    code, out, _ = run_cli(["recommend", "--model-dir", str(model_dir), "--items", "item-1,item-2", "-k", "1"], capsys)
+    assert code == 0 and out.split("\t")[1] == "item-3"
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda df: df.drop("timestamp"), "missing column(s) ['timestamp']"),
+    (lambda df: df.with_columns(pl.when(pl.col("user_id") < 3).then(None).otherwise(pl.col("item_id")).alias("item_id")),
+     "null value(s) in column 'item_id'"),
+    (lambda df: df.with_columns(pl.col("item_id").cast(pl.Float64)), "column 'item_id' (item id) must hold integers"),
+    (lambda df: df.head(0), "holds no events"),
+])
+def test_bad_events_give_one_clear_line(tmp_path, capsys, mutate, expected):
+    path = tmp_path / "bad.parquet"
+    mutate(cyclic_events()).write_parquet(path)
+    code, out, err = run_cli(["train", "--no-mlflow", "--events", str(path), *FAST], capsys)
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and expected in lines[0] and str(path) in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_config_and_missing_model_are_one_line_errors(tmp_path, capsys):
+    code, _, err = run_cli(["train", "--set", "train.epohcs=3"], capsys)
+    assert code == 2 and "unknown config key 'train.epohcs'; did you mean 'train.epochs'?" in err
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[model]\nhidden = 'wide'\n")
+    code, _, err = run_cli(["train", "-c", str(cfg)], capsys)
+    assert code == 2 and "model.hidden" in err and "integer" in err
+    code, _, err = run_cli(["evaluate", "--model-dir", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "has no config.json" in err
+    code, _, err = run_cli(["evaluate"], capsys)
+    assert code == 2 and "exactly one" in err

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from recbert.config import EvalConfig, ModelConfig, RunConfig, StageConfig
+from recbert.data.sequences import build_sequences, leave_one_out
+from recbert.data.vocab import ItemVocab
+from recbert.model.recommender import SequenceRecommender
+from recbert.training.optim import make_optimizer, make_schedule, parameter_groups
+from recbert.training.trainer import train_stage
+from tests.conftest import cyclic_events
+
+
+def setup(seed=0, n_items=60):
+    events = cyclic_events(n_items=n_items, seed=seed)
+    vocab = ItemVocab.build(events["item_id"])
+    splits = leave_one_out(build_sequences(events, vocab, 2))
+    cfg = ModelConfig(hidden=32, layers=2, heads=2, intermediate=64, max_len=12, dropout=0.1,
+                      attention_dropout=0.1, n_tokens=len(vocab))
+    torch.manual_seed(seed)
+    return SequenceRecommender(cfg), splits
+
+
+EVAL = EvalConfig(ks=[1, 10], select_metric="hr@10", sampled_negatives=0)
+
+
+@pytest.mark.parametrize("objective,epochs,lr", [("next_item", 12, 3e-3), ("mlm", 25, 3e-3)])
+def test_training_learns_the_pattern_far_above_chance(objective, epochs, lr):
+    model, splits = setup()
+    stage = StageConfig(objective=objective, epochs=epochs, lr=lr, batch_size=64, patience=50, warmup_ratio=0.0)
+    res = train_stage(model, splits, stage, EVAL, seed=0)
+    from recbert.evaluation.ranking import evaluate_ranking
+
+    test = evaluate_ranking(model, splits.test, EVAL)
+    chance = 10 / 60
+    assert test["all/hr@10"] > 0.8 > 3 * chance, test
+    assert res.history[-1][f"train/loss"] < res.history[0]["train/loss"]
+    assert model.config.attention == ("causal" if objective == "next_item" else "bidirectional")
+
+
+def test_training_is_deterministic_given_a_seed():
+    losses = []
+    for _ in range(2):
+        model, splits = setup()
+        res = train_stage(model, splits, StageConfig(objective="mlm", epochs=2, batch_size=64), EVAL, seed=3)
+        losses.append([h["train/loss"] for h in res.history])
+    assert losses[0] == losses[1]
+
+
+def test_early_stopping_restores_the_best_weights():
+    model, splits = setup()
+    # the pattern is learnt at once, so validation plateaus and patience runs out
+    stage = StageConfig(objective="next_item", epochs=30, lr=3e-3, batch_size=64, patience=2)
+    res = train_stage(model, splits, stage, EVAL, seed=0)
+    from recbert.evaluation.ranking import evaluate_ranking
+
+    val = evaluate_ranking(model, splits.val, EVAL)
+    assert val["all/hr@10"] == pytest.approx(res.best_score)
+    assert res.epochs_run < 30 and res.stopped.startswith("early stop")
+
+
+def test_time_budget_stops_a_stage():
+    model, splits = setup()
+    res = train_stage(model, splits, StageConfig(objective="mlm", epochs=1000, max_minutes=1e-4), EVAL)
+    assert res.epochs_run == 1 and "time budget" in res.stopped
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    model, _ = setup()
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_schedule_warms_up_then_decays(schedule):
+    model, _ = setup()
+    stage = StageConfig(lr=1.0, warmup_ratio=0.1, schedule=schedule)
+    opt = make_optimizer(model, stage)
+    sched = make_schedule(opt, stage, 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    if schedule == "constant":
+        assert lrs[-1] == pytest.approx(1.0)
+    else:
+        assert lrs[-1] < 0.05 and all(np.diff(lrs[10:]) <= 1e-12)
