@@ -1,0 +1,143 @@
+"""Residual reuse blocks: shapes, padding isolation, left-padded RNNs, skip, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from recbert.model.blocks import (
+    REUSE_KINDS,
+    ResidualReuseBlock,
+    build_reuse_block,
+    run_rnn_packed,
+)
+
+H, L = 8, 6
+LENGTHS = (6, 2, 4, 1)
+
+
+def rows(seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, H, generator=g) for n in LENGTHS]
+
+
+def pad(seqs: list[torch.Tensor], left: bool = True, value: float = 0.0):
+    """Batch [B, L, H] and mask [B, L]; real tokens at the end of the row when ``left``."""
+    x = torch.full((len(seqs), L, H), value)
+    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
+    for b, s in enumerate(seqs):
+        span = slice(L - len(s), L) if left else slice(0, len(s))
+        x[b, span] = s
+        mask[b, span] = True
+    return x, mask
+
+
+def adversarial(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Padded positions set to alternating +-1e6."""
+    sign = torch.where(torch.arange(H) % 2 == 0, 1e6, -1e6).expand_as(x)
+    return torch.where(mask[..., None], x, sign)
+
+
+def make(kind: str, dropout: float = 0.0) -> ResidualReuseBlock:
+    torch.manual_seed(0)
+    return ResidualReuseBlock(kind, H, dropout=dropout, kernel_size=3, heads=2).eval()
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+def test_shape(kind: str) -> None:
+    x, mask = pad(rows())
+    assert make(kind)(x, mask).shape == x.shape
+    assert make(kind)(x).shape == x.shape
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+def test_padding_values_do_not_reach_real_positions(kind: str) -> None:
+    block = make(kind)
+    x, mask = pad(rows())
+    x_adv = adversarial(x, mask)
+    with torch.no_grad():
+        out, out_adv = block(x, mask), block(x_adv, mask)
+    torch.testing.assert_close(out_adv[mask], out[mask], rtol=1e-5, atol=1e-5)
+    assert torch.equal(out_adv[~mask], x_adv[~mask])  # padded positions pass through
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+@pytest.mark.parametrize("left", [True, False])
+def test_padded_batch_matches_unpadded_rows(kind: str, left: bool) -> None:
+    block = make(kind)
+    seqs = rows()
+    x, mask = pad(seqs, left=left, value=3.0)
+    with torch.no_grad():
+        out = block(x, mask)
+        for b, s in enumerate(seqs):
+            alone = block(s[None])[0]
+            torch.testing.assert_close(out[b][mask[b]], alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_left_padded_rnn_equals_rnn_on_unpadded_sequence(kind: str) -> None:
+    block = make(kind)
+    seqs = rows()
+    x, mask = pad(seqs, value=-1e6)
+    with torch.no_grad():
+        out = block(x, mask)
+        for b, s in enumerate(seqs):
+            features, _ = block.f(s[None])  # plain BiRNN, no packing involved
+            expected = s + block.proj(features[0])
+            torch.testing.assert_close(out[b, L - len(s) :], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_run_rnn_packed_rejects_gaps() -> None:
+    rnn = nn.GRU(H, H, batch_first=True)
+    mask = torch.tensor([[True, False, True, True, False, False]])
+    with pytest.raises(ValueError, match="contiguous"):
+        run_rnn_packed(rnn, torch.randn(1, L, H), mask)
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+def test_zero_projection_is_identity(kind: str) -> None:
+    block = make(kind, dropout=0.5).train()
+    nn.init.zeros_(block.proj.weight)
+    nn.init.zeros_(block.proj.bias)
+    x, mask = pad(rows())
+    x = adversarial(x, mask)
+    assert torch.equal(block(x, mask), x)
+    assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+def test_all_pad_row_is_finite_and_unchanged(kind: str) -> None:
+    block = make(kind)
+    x, mask = pad(rows())
+    mask[1] = False
+    out = block(x, mask)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[1], x[1])
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+def test_gradients_flow(kind: str) -> None:
+    block = make(kind).train()
+    x, mask = pad(rows())
+    x.requires_grad_(True)
+    out = block(x, mask)
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+    assert torch.isfinite(x.grad).all()
+
+
+def test_build_reuse_block() -> None:
+    x, mask = pad(rows())
+    for kind in (None, "none"):
+        block = build_reuse_block(kind, H, 0.1)
+        assert torch.equal(block(x, mask), x)
+        assert not list(block.parameters())
+    block = build_reuse_block("gru", H, 0.0, kernel_size=5, heads=4)
+    assert isinstance(block, ResidualReuseBlock) and block.kind == "gru"
+    with pytest.raises(ValueError, match=r"'bogus'.*'lstm'"):
+        build_reuse_block("bogus", H, 0.1)
+    with pytest.raises(ValueError, match="heads=3"):
+        build_reuse_block("transformer", H, 0.1, heads=3)
