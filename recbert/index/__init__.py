@@ -1,0 +1,32 @@
+"""Faiss retrieval over exported user / item embeddings."""
+
+from recbert.index.device import gpu_available, resolve_device
+from recbert.index.faiss_index import (
+    PAD_ID,
+    VectorIndex,
+    read_embeddings_parquet,
+    recall_at_k,
+)
+from recbert.index.spec import (
+    IndexConfig,
+    IndexConfigError,
+    IndexDeviceError,
+    IndexFileError,
+    IndexFileMissingError,
+    IndexInputError,
+)
+
+__all__ = [
+    "PAD_ID",
+    "IndexConfig",
+    "IndexConfigError",
+    "IndexDeviceError",
+    "IndexFileError",
+    "IndexFileMissingError",
+    "IndexInputError",
+    "VectorIndex",
+    "gpu_available",
+    "read_embeddings_parquet",
+    "recall_at_k",
+    "resolve_device",
+]

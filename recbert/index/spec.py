@@ -1,0 +1,182 @@
+"""Index configuration and the errors raised by :mod:`recbert.index`.
+
+Every error raised here is both a project error (:class:`recbert.errors.RecbertError`,
+which the CLI prints as one line) and the matching builtin (``ValueError``,
+``FileNotFoundError``, ``RuntimeError``), so plain ``except ValueError`` works too.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from recbert.errors import CheckpointError, ConfigError, DataError, RecbertError
+
+IndexKind = Literal["flat", "ivf_flat", "ivf_pq", "hnsw"]
+Metric = Literal["ip", "cosine", "l2"]
+Device = Literal["auto", "cpu", "gpu"]
+
+KINDS: tuple[str, ...] = ("flat", "ivf_flat", "ivf_pq", "hnsw")
+METRICS: tuple[str, ...] = ("ip", "cosine", "l2")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
+
+
+class IndexConfigError(ConfigError, ValueError):
+    """An index configuration value that is invalid, alone or for the data it is built on."""
+
+
+class IndexInputError(DataError, ValueError):
+    """Vectors, ids, queries or search arguments that cannot be used."""
+
+
+class IndexFileError(CheckpointError, ValueError):
+    """A saved index directory that is corrupt or does not match its sidecar / the model."""
+
+
+class IndexFileMissingError(CheckpointError, FileNotFoundError):
+    """A saved index directory, or one of its files, does not exist."""
+
+
+class IndexDeviceError(RecbertError, RuntimeError):
+    """A GPU was requested explicitly but faiss cannot use one."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """How to build and search a :class:`recbert.index.VectorIndex`.
+
+    kind: ``flat`` (exact), ``ivf_flat``, ``ivf_pq`` or ``hnsw``.
+    metric: ``ip`` (inner product), ``cosine`` (vectors and queries are L2-normalised, then
+        inner product) or ``l2`` (squared Euclidean; scores are returned negated so that
+        higher is always better).
+    nlist: IVF cells; ``None`` picks ``4 * sqrt(n)`` clipped so that every cell gets at least
+        39 training vectors (faiss' own lower bound) and at most ``n``.
+    nprobe: IVF cells visited per query (clipped to ``nlist``).
+    pq_m: PQ sub-quantizers (bytes per vector at 8 bits); must divide the dimension.
+        ``None`` picks the largest divisor of the dimension that is at most ``dim / 2``.
+    pq_bits: bits per PQ sub-quantizer code.
+    hnsw_m: HNSW graph degree.
+    ef_construction / ef_search: HNSW beam widths at build / search time.
+    train_sample: at most this many vectors (seeded sample) train IVF / PQ.
+    seed: seed for the training sample and faiss k-means.
+    device: ``auto`` uses a GPU when faiss has one, ``gpu`` requires it, ``cpu`` never uses it.
+
+    Defaults follow ``benchmarks/faiss_index.py`` at 1M x 64 inner-product vectors: there
+    ``nprobe=128`` (of ~2,560 cells) and ``ef_search=256`` with ``hnsw_m=32`` /
+    ``ef_construction=40`` give recall@10 of about 0.95; a larger ``ef_construction`` did
+    *not* help HNSW under inner product. Lower them for speed once measured on real data.
+    """
+
+    kind: IndexKind = "flat"
+    metric: Metric = "ip"
+    nlist: int | None = None
+    nprobe: int = 128
+    pq_m: int | None = None
+    pq_bits: int = 8
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 256
+    train_sample: int = 100_000
+    seed: int = 0
+    device: Device = "auto"
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            # numpy integers (e.g. from a sweep) are accepted and stored as plain ints
+            if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+                object.__setattr__(self, f.name, int(value))
+        _check_choice("kind", self.kind, KINDS)
+        _check_choice("metric", self.metric, METRICS)
+        _check_choice("device", self.device, DEVICES)
+        if self.nlist is not None:
+            _check_int("nlist", self.nlist, minimum=1)
+        _check_int("nprobe", self.nprobe, minimum=1)
+        if self.pq_m is not None:
+            _check_int("pq_m", self.pq_m, minimum=1)
+        _check_int("pq_bits", self.pq_bits, minimum=1, maximum=16)
+        _check_int("hnsw_m", self.hnsw_m, minimum=2, maximum=512)
+        _check_int("ef_construction", self.ef_construction, minimum=1)
+        _check_int("ef_search", self.ef_search, minimum=1)
+        _check_int("train_sample", self.train_sample, minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+
+    # --- derived values -------------------------------------------------------------
+
+    def resolved_nlist(self, n: int, n_train: int | None = None) -> int:
+        """The number of IVF cells for ``n`` vectors (``n_train`` of them used for training)."""
+        n_train = min(n, self.train_sample) if n_train is None else n_train
+        if self.nlist is not None:
+            if self.nlist > n:
+                raise IndexConfigError(
+                    f"nlist={self.nlist} is larger than the number of vectors n={n}; "
+                    f"use nlist <= n (or nlist=None for automatic)"
+                )
+            if self.nlist > n_train:
+                raise IndexConfigError(
+                    f"nlist={self.nlist} is larger than the training sample ({n_train} vectors, "
+                    f"train_sample={self.train_sample}); raise train_sample or lower nlist"
+                )
+            return self.nlist
+        auto = int(round(4 * math.sqrt(n)))
+        return max(1, min(auto, n_train // 39 if n_train >= 39 else 1, n))
+
+    def resolved_pq_m(self, dim: int) -> int:
+        """The number of PQ sub-quantizers for vectors of dimension ``dim``."""
+        if self.pq_m is not None:
+            if dim % self.pq_m != 0:
+                raise IndexConfigError(
+                    f"pq_m={self.pq_m} must divide the vector dimension dim={dim}; "
+                    f"divisors of {dim}: {_divisors(dim)}"
+                )
+            return self.pq_m
+        candidates = [m for m in _divisors(dim) if m <= max(1, dim // 2)]
+        return max(candidates)
+
+    def replace(self, **changes: Any) -> IndexConfig:
+        """A copy with ``changes`` applied (and validated)."""
+        values = asdict(self)
+        unknown = sorted(set(changes) - set(values))
+        if unknown:
+            raise IndexConfigError(f"unknown IndexConfig field(s): {', '.join(unknown)}")
+        values.update(changes)
+        return IndexConfig(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> IndexConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise IndexConfigError(f"unknown IndexConfig field(s): {', '.join(unknown)}")
+        return cls(**values)
+
+
+def faiss_metric_name(metric: str) -> str:
+    """The faiss metric a recbert metric is searched with: ``ip`` or ``l2``."""
+    return "l2" if metric == "l2" else "ip"
+
+
+def _divisors(n: int) -> list[int]:
+    return [m for m in range(1, n + 1) if n % m == 0]
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise IndexConfigError(
+            f"IndexConfig.{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}"
+        )
+
+
+def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise IndexConfigError(
+            f"IndexConfig.{name}={value!r} must be an integer, not {type(value).__name__}"
+        )
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise IndexConfigError(f"IndexConfig.{name}={value!r} must be {bound}")
