@@ -160,6 +160,65 @@ def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int
         click.echo(f"{rank}\t{i}\t{s:.4f}")
 
 
+# -- export / index / batch recommendations ---------------------------------------------------
+@cli.command("export")
+@with_model
+@click.option("--what", type=click.Choice(["users", "items"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Parquet file to write.")
+@click.option("--events", help="Events whose users to export (default: the training events).")
+@click.option("--normalize", is_flag=True, help="L2-normalise (cosine retrieval; drops the bias column).")
+@click.option("--no-bias", is_flag=True, help="Leave out the item-bias coordinate.")
+@click.option("--batch-size", default=4096, show_default=True)
+def export(run_id, model_dir, what, out, events, normalize, no_bias, batch_size) -> None:
+    """Export user or item embeddings (original ids) to parquet."""
+    from pipelines.retrieval import run_export
+
+    n = run_export(_model_dir(model_dir, run_id), what, out, events, normalize, not no_bias, run_id, batch_size)
+    click.echo(f"wrote {n} {what} to {out}")
+
+
+@cli.group("index")
+def index_group() -> None:
+    """Faiss index over exported embeddings."""
+
+
+@index_group.command("build")
+@click.option("--embeddings", type=click.Path(path_type=Path), required=True, help="Exported items parquet.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Index directory to write.")
+@click.option("--kind", type=click.Choice(["flat", "ivf_flat", "ivf_pq", "hnsw"]), default="flat", show_default=True)
+@click.option("--metric", type=click.Choice(["ip", "cosine", "l2"]), default="ip", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Index parameter, e.g. --set nlist=1024 --set nprobe=16 --set ef_search=128.")
+def index_build(embeddings, out, kind, metric, device, overwrite, overrides) -> None:
+    """Build and save an index (exact inner product by default)."""
+    from recbert.config import build_section, parse_overrides
+    from recbert.index import IndexConfig
+    from pipelines.retrieval import run_index_build
+
+    base = IndexConfig(kind=kind, metric=metric, device=device)
+    config = build_section(IndexConfig, parse_overrides(list(overrides)), "", base)
+    index = run_index_build(embeddings, out, config, overwrite)
+    click.echo(f"wrote {out}: {index!r}")
+
+
+@cli.command("recommend-batch")
+@with_model
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Parquet: user_id, rank, item_id, score.")
+@click.option("--users", type=click.Path(path_type=Path), help="Parquet with a user_id column (default: all users).")
+@click.option("--events", help="Events giving the users' histories (default: the training events).")
+@click.option("-k", "--top-k", default=10, show_default=True)
+@click.option("--keep-seen", is_flag=True, help="Allow items already in a user's history.")
+def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, keep_seen) -> None:
+    """Top-k recommendations for many users through a Faiss index."""
+    from pipelines.retrieval import run_batch_recommend
+
+    n = run_batch_recommend(_model_dir(model_dir, run_id), index_dir, out, top_k, users, events, not keep_seen)
+    click.echo(f"wrote top-{top_k} for {n} users to {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="recbert", standalone_mode=False)

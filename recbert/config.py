@@ -193,15 +193,8 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "RunConfig":
-        raw: dict[str, Any] = {}
-        if path is not None:
-            raw = read_config_file(path)
-        for item in overrides or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"override {item!r} must look like section.key=value")
-            _set_path(raw, key.strip(), _parse_scalar(value.strip()))
-        return cls.from_dict(raw)
+        raw: dict[str, Any] = read_config_file(path) if path is not None else {}
+        return cls.from_dict(parse_overrides(overrides or [], raw))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -219,6 +212,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"config file {p} is not valid {p.suffix[1:].upper()}: {exc}") from None
     raise ConfigError(f"config file {p} must be .toml or .json")
+
+
+def parse_overrides(overrides: list[str], raw: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as JSON where they can be) to ``raw``."""
+    raw = raw if raw is not None else {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        _set_path(raw, key.strip(), _parse_scalar(value.strip()))
+    return raw
 
 
 def _parse_scalar(text: str) -> Any:

@@ -1,0 +1,110 @@
+"""Export user and item embeddings to parquet with the ORIGINAL ids.
+
+Columns: ``item_id`` / ``user_id`` and ``embedding`` (fixed-size list of
+float32); the schema metadata key ``recbert`` holds JSON (source model, run
+id, dim, normalisation, scoring convention).
+
+Scoring convention: the model scores ``user · item + bias[item]``. With
+``with_bias=True`` (the default) item vectors get the bias as an extra last
+coordinate and user vectors a constant 1.0, so a plain inner-product index
+(``IndexFlatIP``) reproduces the model's ranking exactly. ``normalize=True``
+L2-normalises instead (cosine retrieval; then the bias is left out).
+
+User vectors are the encoder's query at the next-item slot for the user's
+whole history (newest ``max_len`` events), the same vector the next-item
+scorer uses. Users are encoded and written in batches: memory holds the
+sequences' integer tokens, never all the vectors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from recbert.data.batches import pad_sequences
+from recbert.data.sequences import Sequences
+from recbert.errors import DataError
+from recbert.io import atomic_path
+from recbert.model.recommender import SequenceRecommender
+
+log = logging.getLogger("recbert.export")
+
+
+def _metadata(model: SequenceRecommender, kind: str, dim: int, normalize: bool, with_bias: bool,
+              source: Optional[dict[str, Any]]) -> dict[bytes, bytes]:
+    meta = {"kind": kind, "dim": dim, "normalized": normalize, "bias_column": with_bias and not normalize,
+            "metric": "cosine" if normalize else "ip", "hidden": model.config.hidden,
+            "n_items": model.vocab.n_items if model.vocab is not None else None, **(source or {})}
+    return {b"recbert": json.dumps(meta).encode()}
+
+
+def _table(ids: np.ndarray, vectors: np.ndarray, id_column: str) -> pa.Table:
+    n, dim = vectors.shape
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
+    emb = pa.FixedSizeListArray.from_arrays(flat, dim)
+    id_arr = pa.array(ids.tolist() if ids.dtype == object else ids)
+    return pa.table({id_column: id_arr, "embedding": emb})
+
+
+def _finish(vectors: torch.Tensor, normalize: bool, with_bias: bool, extra: Optional[torch.Tensor]) -> np.ndarray:
+    if normalize:
+        return torch.nn.functional.normalize(vectors, dim=1).numpy()
+    if with_bias:
+        vectors = torch.cat([vectors, extra[:, None]], dim=1)
+    return vectors.numpy()
+
+
+@torch.no_grad()
+def export_items(model: SequenceRecommender, out: str | Path, normalize: bool = False, with_bias: bool = True,
+                 source: Optional[dict[str, Any]] = None) -> int:
+    """Write every catalogue item's vector; returns the row count."""
+    if model.vocab is None:
+        raise DataError("the model has no vocabulary: load it with SequenceRecommender.from_pretrained")
+    vecs = model.item_vectors().detach().float().cpu()
+    data = _finish(vecs, normalize, with_bias, model.scorer.bias.detach().float().cpu())
+    table = _table(model.vocab.item_ids, data, "item_id")
+    table = table.replace_schema_metadata(_metadata(model, "items", data.shape[1], normalize, with_bias, source))
+    with atomic_path(out) as tmp:
+        pq.write_table(table, tmp)
+    log.info("exported %d item vectors (dim %d) to %s", len(table), data.shape[1], out)
+    return len(table)
+
+
+@torch.no_grad()
+def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Path, normalize: bool = False,
+                 with_bias: bool = True, batch_size: int = 4096, source: Optional[dict[str, Any]] = None,
+                 device: torch.device | str = "cpu") -> int:
+    """Encode each user's history and stream the vectors to parquet."""
+    if len(sequences) == 0:
+        raise DataError("no users to export")
+    model.eval()
+    dim = model.config.hidden + (1 if with_bias and not normalize else 0)
+    meta = _metadata(model, "users", dim, normalize, with_bias, source)
+    ones = torch.ones(batch_size)
+    written = 0
+    with atomic_path(out) as tmp:
+        writer = None
+        try:
+            for lo in tqdm(range(0, len(sequences), batch_size), desc="export users", unit="batch", leave=False):
+                idx = np.arange(lo, min(lo + batch_size, len(sequences)))
+                part = sequences.select(idx)
+                rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal))
+                vecs = model.user_vectors(rows.to(device)).float().cpu()
+                table = _table(part.user_ids, _finish(vecs, normalize, with_bias, ones[:len(idx)]), "user_id")
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
+                writer.write_table(table.replace_schema_metadata(meta))
+                written += len(idx)
+        finally:
+            if writer is not None:
+                writer.close()
+    log.info("exported %d user vectors (dim %d) to %s", written, dim, out)
+    return written

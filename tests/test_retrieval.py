@@ -1,0 +1,95 @@
+"""Export -> Faiss index -> batch recommendations, and exact-index metrics equal the model's."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipelines.retrieval import run_batch_recommend, run_export, run_index_build
+from pipelines.train import run_training
+from recbert.config import RunConfig
+from recbert.errors import DataError
+from recbert.evaluation.metrics import ranking_metrics
+from recbert.evaluation.ranking import evaluate_ranking
+from recbert.exports.embeddings import export_users
+from recbert.index import IndexConfig, VectorIndex, read_embeddings_parquet
+from recbert.model.recommender import SequenceRecommender
+from tests.conftest import cyclic_events
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("retrieval")
+    events = tmp / "events.parquet"
+    cyclic_events(string_ids=True).write_parquet(events)
+    cfg = RunConfig.load(None, [f"data.events={events}", "model.hidden=16", "model.intermediate=32",
+                                "model.max_len=12", "train.objective=next_item", "train.epochs=3",
+                                "train.batch_size=64", "tracking.enabled=false", f"out_dir={tmp / 'runs'}",
+                                "eval.sampled_negatives=0"])
+    result = run_training(cfg)
+    return tmp, result.model_dir, cfg
+
+
+def test_export_round_trip_keeps_ids_and_vectors(trained):
+    tmp, model_dir, _ = trained
+    model = SequenceRecommender.from_pretrained(model_dir)
+    assert run_export(model_dir, "items", tmp / "items.parquet") == model.vocab.n_items
+    ids, vecs, meta = read_embeddings_parquet(tmp / "items.parquet", "item_id")
+    assert list(ids) == list(model.vocab.item_ids)
+    assert np.allclose(vecs[:, :-1], model.item_vectors().detach().numpy())
+    assert np.allclose(vecs[:, -1], model.scorer.bias.detach().numpy())
+    assert meta["kind"] == "items" and meta["dim"] == 17 and meta["bias_column"] is True
+    n_users = run_export(model_dir, "users", tmp / "users.parquet", batch_size=64)  # several batches
+    users = pl.read_parquet(tmp / "users.parquet")
+    assert n_users == users.height == 300 and users["user_id"][0] == "u0"
+    run_export(model_dir, "items", tmp / "items_cos.parquet", normalize=True)
+    _, cos, _ = read_embeddings_parquet(tmp / "items_cos.parquet", "item_id")
+    assert cos.shape[1] == 16 and np.allclose(np.linalg.norm(cos, axis=1), 1.0, atol=1e-5)
+
+
+def test_exact_index_metrics_equal_the_models_full_ranking(trained):
+    tmp, model_dir, cfg = trained
+    from pipelines.train import prepare_data
+
+    model = SequenceRecommender.from_pretrained(model_dir)
+    _, splits = prepare_data(cfg, vocab=model.vocab)
+    expected = evaluate_ranking(model, splits.test, cfg.eval)
+
+    run_export(model_dir, "items", tmp / "items.parquet")
+    index = VectorIndex.from_parquet(tmp / "items.parquet", "item_id", config=IndexConfig(kind="flat"))
+    export_users(model, splits.test.inputs, tmp / "test_users.parquet")
+    _, queries, _ = read_embeddings_parquet(tmp / "test_users.parquet", "user_id")
+    scores, ids = index.search(queries, model.vocab.n_items)
+    targets = model.vocab.decode(splits.test.targets)
+    ranks = np.array([list(row).index(t) for row, t in zip(ids, targets)])
+    got = ranking_metrics(ranks, cfg.eval.ks)
+    for name in ("hr@10", "ndcg@10", "mrr"):
+        assert got[name] == pytest.approx(expected[f"all/{name}"], abs=1e-9), name
+
+
+def test_batch_recommendations_exclude_seen_items_and_skip_unknown_users(trained):
+    tmp, model_dir, _ = trained
+    run_export(model_dir, "items", tmp / "items.parquet")
+    run_index_build(tmp / "items.parquet", tmp / "idx", IndexConfig(kind="flat"), overwrite=True)
+    pl.DataFrame({"user_id": ["u1", "u2", "nobody"]}).write_parquet(tmp / "who.parquet")
+    n = run_batch_recommend(model_dir, tmp / "idx", tmp / "recs.parquet", k=5, users=tmp / "who.parquet")
+    recs = pl.read_parquet(tmp / "recs.parquet")
+    assert n == 2 and recs.height == 10 and recs["rank"].to_list()[:5] == [1, 2, 3, 4, 5]
+    events = pl.read_parquet(tmp / "events.parquet")
+    for user in ("u1", "u2"):
+        seen = set(events.filter(pl.col("user_id") == user)["item_id"])
+        got = recs.filter(pl.col("user_id") == user)
+        assert not seen & set(got["item_id"]) and got["score"].is_sorted(descending=True)
+    run_batch_recommend(model_dir, tmp / "idx", tmp / "recs_all.parquet", k=3, exclude_seen=False)
+    assert pl.read_parquet(tmp / "recs_all.parquet").height == 300 * 3
+
+
+def test_index_from_another_model_is_rejected(trained, tmp_path):
+    _, model_dir, _ = trained
+    other = VectorIndex.build(np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32),
+                              [f"item-{i}" for i in range(50)], IndexConfig(kind="flat"))
+    other.save(tmp_path / "idx")
+    with pytest.raises(DataError, match="dim 8"):
+        run_batch_recommend(model_dir, tmp_path / "idx", tmp_path / "r.parquet")
+    assert not (tmp_path / "r.parquet").exists()
+    with pytest.raises(FileNotFoundError):
+        run_batch_recommend(model_dir, tmp_path / "missing-idx", tmp_path / "r.parquet")
