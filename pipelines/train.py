@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from recbert.config import RunConfig
+from recbert.data.batches import pad_sequences
 from recbert.data.events import EventSource, load_events
 from recbert.data.features import load_item_features
 from recbert.data.sequences import Splits, build_sequences, leave_one_out, time_split
@@ -108,6 +109,10 @@ def run_training(config: RunConfig, events: Optional[EventSource] = None) -> Tra
             step += res.epochs_run
             results.append(res)
         config.model.attention = model.config.attention
+        weights = fusion_layer_weights(model, splits.test.inputs, device)
+        if weights is not None:
+            log.info("learned layer-fusion weights (layer 0 = embeddings): %s", [round(w, 3) for w in weights])
+            tracker.log_metrics({f"fusion/layer_{i}_weight": w for i, w in enumerate(weights)}, step)
         test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device)
         test_metrics = {f"test/{k}": v for k, v in test.items()}
         summary = {**test_metrics, "time/total_seconds": time.perf_counter() - started}
@@ -126,6 +131,19 @@ def run_training(config: RunConfig, events: Optional[EventSource] = None) -> Tra
         tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
         tracker.log_text(format_metrics(test, config), "test_metrics.md")
     return TrainResult(tracker.run_id, model_dir, summary, results, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def fusion_layer_weights(model: SequenceRecommender, seqs, device, n_users: int = 2048) -> Optional[list[float]]:
+    """Mean learned fusion weight of each hidden layer over real positions of up
+    to ``n_users`` sequences (None unless ``model.fusion == 'learned'``)."""
+    if model.config.fusion != "learned" or len(seqs) == 0:
+        return None
+    model.eval()
+    part = seqs.select(np.arange(min(n_users, len(seqs))))
+    rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal)).to(device)
+    out = model(rows)
+    return model.fusion.layer_weights(out.hidden_states, out.padding_mask).cpu().tolist()
 
 
 def format_metrics(metrics: dict[str, Any], config: RunConfig) -> str:

@@ -73,6 +73,13 @@ class ModelConfig:
     attention: Attention = "bidirectional"  # set by the last training stage
     residual_attention: bool = False  # RealFormer: add the previous layer's scores
     output_transform: bool = True  # dense + GELU + LayerNorm before the tied output
+    # Layer fusion of all hidden states (embedding output = layer 0) into the sequence output:
+    # 'last' (the last layer only), 'learned' (softmax-weighted sum + dense), or the
+    # parameter-free 'mean' / 'max' / 'sum' of the last ``fusion_layers`` states.
+    fusion: Literal["last", "learned", "mean", "max", "sum"] = "last"
+    fusion_layers: int = 2
+    # Residual feature-reuse block x + f(x) after the encoder (bidirectional: MLM only).
+    reuse_block: Literal["none", "lstm", "gru", "cnn", "transformer"] = "none"
     init_std: float = 0.02
     n_tokens: int = 0  # vocabulary size incl. PAD/MASK/UNK, filled from the vocabulary
     feature_cardinalities: dict[str, int] = field(default_factory=dict)  # values per side feature
@@ -87,6 +94,9 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.fusion in ("mean", "max", "sum") and not 1 <= self.fusion_layers <= self.layers + 1:
+            raise ConfigError(f"model.fusion_layers must be in [1, {self.layers + 1}] (layers + embeddings), "
+                              f"got {self.fusion_layers}")
 
 
 @dataclass

@@ -104,3 +104,16 @@ def test_bad_config_and_missing_model_are_one_line_errors(tmp_path, capsys):
     assert code == 2 and "has no config.json" in err
     code, _, err = run_cli(["evaluate"], capsys)
     assert code == 2 and "exactly one" in err
+
+
+def test_learned_fusion_weights_are_logged(cyclic_parquet, mlflow_uri, capsys):
+    code, out, err = run_cli(["-q", "train", "--events", str(cyclic_parquet), *FAST, "--set", "pretrain.epochs=0",
+                              "--set", "train.objective=mlm", "--set", "train.epochs=1",
+                              "--set", "model.fusion=learned"], capsys)
+    assert code == 0, err
+    run_id = out.split("mlflow run id: ")[1].split()[0]
+    from mlflow.tracking import MlflowClient
+
+    metrics = MlflowClient(mlflow_uri).get_run(run_id).data.metrics
+    weights = [metrics[f"fusion/layer_{i}_weight"] for i in range(3)]
+    assert sum(weights) == pytest.approx(1.0, abs=1e-5) and all(w > 0 for w in weights)

@@ -106,7 +106,7 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
         rows = by_length[lo:lo + config.batch_size]
         histories = inputs.slice(inputs.offsets[rows], inputs.offsets[rows + 1], inputs.user_ids[rows])
         x = torch.from_numpy(pad_sequences(histories, model.config.max_len, append_mask=not model.causal)).to(device)
-        scores = model.scorer(model(x).last_hidden_state[:, -1]).float().cpu()
+        scores = model.scorer(model(x).sequence_output[:, -1]).float().cpu()
         targets = torch.from_numpy(eval_set.targets[rows] - N_SPECIAL)
         seen = history_mask(inputs, rows, n_items)
         for name, r in target_ranks(scores, targets, seen, config.sampled_negatives, generator).items():

@@ -22,6 +22,11 @@ class EncoderOutput:
     last_hidden_state: Tensor  # [B, L, H]
     hidden_states: tuple[Tensor, ...]  # layers + 1 tensors of [B, L, H]
     padding_mask: Tensor  # [B, L] bool, True = real token
+    sequence_output: Optional[Tensor] = None  # [B, L, H] what the heads read (fused); the last layer by default
+
+    def __post_init__(self) -> None:
+        if self.sequence_output is None:
+            self.sequence_output = self.last_hidden_state
 
 
 def attention_mask(input_ids: Tensor, causal: bool) -> Tensor:

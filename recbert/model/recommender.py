@@ -23,8 +23,10 @@ from recbert.data.batches import left_pad
 from recbert.data.vocab import MASK, N_SPECIAL, ItemVocab
 from recbert.errors import CheckpointError, ConfigError, RecbertError
 from recbert.io import atomic_dir
+from recbert.model.blocks import build_reuse_block
 from recbert.model.embeddings import SequenceEmbeddings
 from recbert.model.encoder import Encoder, EncoderOutput
+from recbert.model.fusion import build_fusion
 
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.parquet"
 
@@ -61,6 +63,8 @@ class SequenceRecommender(nn.Module):
         embeddings: Optional[nn.Module] = None,
         encoder: Optional[nn.Module] = None,
         scorer: Optional[nn.Module] = None,
+        fusion: Optional[nn.Module] = None,
+        reuse: Optional[nn.Module] = None,
     ):
         super().__init__()
         if config.n_tokens <= N_SPECIAL:
@@ -68,6 +72,10 @@ class SequenceRecommender(nn.Module):
         self.config = config
         self.embeddings = embeddings if embeddings is not None else SequenceEmbeddings(config)
         self.encoder = encoder if encoder is not None else Encoder(config)
+        self.fusion = fusion if fusion is not None else build_fusion(
+            config.fusion, config.layers + 1, config.hidden, config.fusion_layers)
+        self.reuse = reuse if reuse is not None else build_reuse_block(
+            config.reuse_block, config.hidden, config.dropout, heads=config.heads)
         self.scorer = scorer if scorer is not None else ItemScorer(config, self.embeddings.item)
         self.vocab: Optional[ItemVocab] = None
         self.apply(self._init_weights)
@@ -87,8 +95,12 @@ class SequenceRecommender(nn.Module):
         return self.config.attention == "causal"
 
     def forward(self, input_ids: Tensor, causal: Optional[bool] = None) -> EncoderOutput:
+        """All hidden states, plus ``sequence_output``: the fused states passed
+        through the reuse block, which the scorer and heads read."""
         causal = self.causal if causal is None else causal
-        return self.encoder(self.embeddings(input_ids), input_ids, causal)
+        out = self.encoder(self.embeddings(input_ids), input_ids, causal)
+        out.sequence_output = self.reuse(self.fusion(out.hidden_states, out.padding_mask), out.padding_mask)
+        return out
 
     # -- inference ---------------------------------------------------------------------
     def inference_rows(self, histories: Sequence[np.ndarray] | np.ndarray) -> Tensor:
@@ -109,8 +121,7 @@ class SequenceRecommender(nn.Module):
 
     def user_vectors(self, input_ids: Tensor) -> Tensor:
         """``[B, H]`` user embeddings: the scorer's query at the last position."""
-        out = self(input_ids)
-        return self.scorer.query(out.last_hidden_state[:, -1])
+        return self.scorer.query(self(input_ids).sequence_output[:, -1])
 
     def item_vectors(self) -> Tensor:
         return self.scorer.item_vectors()
@@ -129,7 +140,7 @@ class SequenceRecommender(nn.Module):
         tokens = [self.vocab.encode(np.asarray(h, dtype=object if self.vocab.is_string else None)) for h in histories]
         self.eval()
         rows = self.inference_rows(tokens).to(self.bias_device)
-        scores = self.scorer(self(rows).last_hidden_state[:, -1])
+        scores = self.scorer(self(rows).sequence_output[:, -1])
         if exclude_seen:
             for i, t in enumerate(tokens):
                 seen = t[t >= N_SPECIAL] - N_SPECIAL

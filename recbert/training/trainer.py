@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from recbert.config import EvalConfig, StageConfig
+from recbert.errors import ConfigError
 from recbert.data.batches import left_pad, length_grouped_order, mask_tokens, next_item_pairs, training_windows
 from recbert.data.sequences import Splits
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
@@ -57,6 +58,10 @@ def train_stage(
 ) -> StageResult:
     """Train ``model`` in place; on return it holds the best validation weights."""
     causal = stage.objective == "next_item"
+    if causal and model.config.reuse_block != "none":
+        raise ConfigError(
+            f"model.reuse_block={model.config.reuse_block!r} reads the whole sequence, which would leak future "
+            "items into next-item training; use it with the mlm objective, or set model.reuse_block=none")
     model.config.attention = "causal" if causal else "bidirectional"
     model.to(device)
     max_len = model.config.max_len
@@ -95,7 +100,7 @@ def train_stage(
                 inputs, labels = mask_tokens(rows.cpu(), n_tokens, stage.mask_prob, stage.last_item_mask_prob, gen)
                 inputs, labels = inputs.to(device), labels.to(device)
             out = model(inputs, causal=causal)
-            hidden, targets = gather_targets(out.last_hidden_state, labels)
+            hidden, targets = gather_targets(out.sequence_output, labels)
             batch_loss = loss_fn(hidden, targets, model.scorer)
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()

@@ -120,3 +120,41 @@ def test_save_is_atomic_and_keeps_the_old_model_on_failure(tmp_path, monkeypatch
         model.save_pretrained(d)
     assert (d / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+@pytest.mark.parametrize("fusion,reuse", [("learned", "none"), ("mean", "lstm"), ("max", "cnn"), ("sum", "transformer")])
+def test_fusion_and_reuse_block_are_wired_and_saved(tmp_path, fusion, reuse):
+    model = make_model("bidirectional", fusion=fusion, fusion_layers=2, reuse_block=reuse)
+    ids = torch.tensor([[0, 0, 3, 4, 5, MASK]])
+    out = model(ids)
+    assert len(out.hidden_states) == 3
+    assert not torch.allclose(out.sequence_output, out.last_hidden_state)
+    model.save_pretrained(tmp_path / "m")
+    loaded = SequenceRecommender.from_pretrained(tmp_path / "m")
+    assert torch.allclose(loaded(ids).sequence_output, out.sequence_output, atol=1e-6)
+    assert loaded.config.fusion == fusion and loaded.config.reuse_block == reuse
+
+
+def test_default_model_reads_the_last_layer_and_has_no_extra_parameters():
+    model = make_model()
+    ids = torch.tensor([[3, 4, 5, MASK]])
+    out = model(ids)
+    assert torch.equal(out.sequence_output, out.last_hidden_state)
+    assert not list(model.fusion.parameters()) and not list(model.reuse.parameters())
+
+
+def test_bidirectional_reuse_block_is_refused_for_next_item_training():
+    from recbert.config import EvalConfig, StageConfig
+    from recbert.data.sequences import Sequences, EvalSet, Splits
+    from recbert.training.trainer import train_stage
+
+    model = make_model("bidirectional", reuse_block="lstm")
+    seqs = Sequences(np.array([1]), np.array([3, 4, 5]), np.array([0, 3]))
+    splits = Splits(seqs, EvalSet(seqs, np.array([6])), EvalSet(seqs, np.array([7])))
+    with pytest.raises(ConfigError, match="leak future"):
+        train_stage(model, splits, StageConfig(objective="next_item", epochs=1), EvalConfig())
+
+
+def test_fusion_layers_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="fusion_layers"):
+        ModelConfig(layers=2, fusion="mean", fusion_layers=4)
