@@ -1,0 +1,20 @@
+"""Task heads on a pretrained sequence encoder: classification, CTR, fine-tuning."""
+
+from recbert.heads.classification import HeadConfig, SequenceClassifier, check_labels
+from recbert.heads.ctr import CTRConfig, CTRHead, CTRModel
+from recbert.heads.finetune import (
+    FinetuneConfig,
+    FinetuneResult,
+    apply_freeze,
+    check_compatible,
+    finetune,
+    load_encoder,
+    param_groups,
+)
+from recbert.heads.losses import binary_focal_loss, multiclass_focal_loss
+
+__all__ = [
+    "CTRConfig", "CTRHead", "CTRModel", "FinetuneConfig", "FinetuneResult", "HeadConfig",
+    "SequenceClassifier", "apply_freeze", "binary_focal_loss", "check_compatible", "check_labels",
+    "finetune", "load_encoder", "multiclass_focal_loss", "param_groups",
+]

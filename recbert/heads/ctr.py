@@ -1,0 +1,149 @@
+"""Click-through-rate head: P(click | history, candidate item [, context features]).
+
+The encoder reads the left-padded history; the pooled history vector ``u``, the
+candidate's vector ``c`` from the encoder's (tied) item table, their product
+``proj(u) * c`` and optional dense context features are concatenated and fed to a
+residual MLP tower that outputs one logit. ``proj`` is the identity when the pooled
+width equals the model width, else a learned Linear(pooled -> hidden).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from recbert.config import build_section
+from recbert.errors import ConfigError, DataError
+from recbert.heads.base import EncoderHeadModel
+from recbert.heads.losses import binary_focal_loss
+from recbert.model.mlp import VARIANTS, ResidualMLP
+from recbert.model.pooling import POOLING_KINDS, build_pooling
+from recbert.model.recommender import SequenceRecommender
+
+
+@dataclass
+class CTRConfig:
+    pooling: str = "cls"  # 'cls' at -1 = the newest event's state
+    cls_position: int = -1
+    pool_heads: int = 2
+    hidden_dims: list[int] = field(default_factory=lambda: [64])
+    dropout: float = 0.1
+    variant: Literal["add", "concat"] = "add"
+    n_context: int = 0  # width of the dense context features (0 = none)
+    use_product: bool = True
+    loss: Literal["bce", "focal"] = "bce"
+    focal_gamma: float = 2.0
+    pos_weight: Optional[float] = None  # weight of clicks in the loss (negatives weigh 1)
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLING_KINDS:
+            raise ConfigError(f"ctr.pooling must be one of {list(POOLING_KINDS)}, got {self.pooling!r}")
+        if any(d < 1 for d in self.hidden_dims):
+            raise ConfigError(f"ctr.hidden_dims must be positive widths, got {self.hidden_dims}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"ctr.dropout must be in [0, 1), got {self.dropout}")
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"ctr.variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        if self.n_context < 0:
+            raise ConfigError(f"ctr.n_context must be >= 0, got {self.n_context}")
+        if self.loss not in ("bce", "focal"):
+            raise ConfigError(f"ctr.loss must be 'bce' or 'focal', got {self.loss!r}")
+        if self.focal_gamma < 0:
+            raise ConfigError(f"ctr.focal_gamma must be >= 0, got {self.focal_gamma}")
+        if self.pos_weight is not None and self.pos_weight <= 0:
+            raise ConfigError(f"ctr.pos_weight must be > 0, got {self.pos_weight}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "CTRConfig":
+        return build_section(cls, raw, "ctr.", cls())
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class CTRModel(EncoderHeadModel):
+    """``forward(history [B, L], candidates [B], context [B, C] | None) -> logits [B]``."""
+
+    def __init__(self, backbone: SequenceRecommender, cfg: Optional[CTRConfig] = None, keep_scorer: bool = True):
+        super().__init__(backbone, keep_scorer=keep_scorer)
+        cfg = cfg if cfg is not None else CTRConfig()
+        self.head_config = cfg
+        h = self.hidden
+        self.pooling = build_pooling(cfg.pooling, h, cfg.cls_position, cfg.pool_heads)
+        pooled = self.pooling.out_dim
+        self.project: nn.Module = nn.Identity() if (pooled == h or not cfg.use_product) else nn.Linear(pooled, h)
+        in_dim = pooled + h + (h if cfg.use_product else 0) + cfg.n_context
+        self.tower = ResidualMLP(in_dim, cfg.hidden_dims, 1, cfg.dropout, cfg.variant)
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, cfg: Optional[CTRConfig] = None,
+                        expect_n_tokens: Optional[int] = None, expect_hidden: Optional[int] = None,
+                        keep_scorer: bool = True) -> "CTRModel":
+        from recbert.heads.finetune import check_compatible, load_encoder
+
+        backbone = load_encoder(model_dir)
+        if expect_n_tokens is not None or expect_hidden is not None:
+            check_compatible(backbone, expect_n_tokens, expect_hidden)
+        return cls(backbone, cfg, keep_scorer=keep_scorer).train()
+
+    def candidate_vectors(self, candidates: Tensor) -> Tensor:
+        """``[B, H]`` rows of the encoder's item table (shared with the MLM scorer)."""
+        return self.embeddings.item(candidates)
+
+    def features(self, history: Tensor, candidates: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        cfg = self.head_config
+        if candidates.ndim != 1 or candidates.shape[0] != history.shape[0]:
+            raise DataError(f"candidates must be one token per history row ([{history.shape[0]}]), "
+                            f"got shape {tuple(candidates.shape)}")
+        self._check_tokens(candidates, "candidates")
+        if cfg.n_context:
+            if context is None:
+                raise DataError(f"this CTR head expects {cfg.n_context} context features per row (ctr.n_context)")
+            if context.shape != (history.shape[0], cfg.n_context):
+                raise DataError(f"context must have shape [{history.shape[0]}, {cfg.n_context}], "
+                                f"got {tuple(context.shape)}")
+        elif context is not None:
+            raise DataError("context features were given but ctr.n_context is 0")
+        out = self.encode(history, causal=False)
+        u = self.pooling(out.sequence_output, out.padding_mask)
+        c = self.candidate_vectors(candidates)
+        parts = [u, c]
+        if cfg.use_product:
+            parts.append(self.project(u) * c)
+        if cfg.n_context:
+            parts.append(context.to(u.dtype))
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, history: Tensor, candidates: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        return self.tower(self.features(history, candidates, context))[:, 0]
+
+    def loss(self, logits: Tensor, labels: Tensor, validate: bool = True) -> Tensor:
+        labels = torch.as_tensor(labels)
+        if validate:
+            if labels.shape != logits.shape:
+                raise DataError(f"click labels must have shape {tuple(logits.shape)}, got {tuple(labels.shape)}")
+            bad = (labels < 0) | (labels > 1)
+            if bool(bad.any()):
+                raise DataError(f"click labels must lie in [0, 1], got {sorted(set(labels[bad].tolist()))[:10]}")
+        cfg = self.head_config
+        y = labels.to(logits.device, logits.dtype)
+        weight = None if cfg.pos_weight is None else 1 + (cfg.pos_weight - 1) * y
+        gamma = cfg.focal_gamma if cfg.loss == "focal" else 0.0
+        return binary_focal_loss(logits, y, gamma, None, weight)
+
+    @torch.no_grad()
+    def predict_proba(self, history: Tensor, candidates: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.sigmoid(self(history, candidates, context))
+        finally:
+            self.train(was_training)
+
+
+CTRHead = CTRModel  # alias

@@ -1,0 +1,206 @@
+import numpy as np
+import pytest
+import torch
+
+from recbert.config import ModelConfig
+from recbert.data.batches import mask_tokens
+from recbert.data.vocab import N_SPECIAL, ItemVocab
+from recbert.errors import CheckpointError, ConfigError
+from recbert.heads.base import rows_from_tokens
+from recbert.heads.classification import HeadConfig, SequenceClassifier
+from recbert.heads.ctr import CTRModel
+from recbert.heads.finetune import (FinetuneConfig, apply_freeze, check_compatible, finetune, layer_depth,
+                                    load_encoder, make_optimizer, mlm_aux_loss, param_groups)
+from recbert.model.recommender import SequenceRecommender
+from recbert.training.losses import full_softmax_loss, gather_targets
+
+N_ITEMS = 20
+
+
+def backbone(seed=0, layers=3, **kw):
+    vocab = ItemVocab(np.arange(100, 100 + N_ITEMS))
+    cfg = ModelConfig(hidden=16, layers=layers, heads=2, intermediate=32, max_len=8, dropout=0.0,
+                      attention_dropout=0.0, n_tokens=len(vocab), **kw)
+    torch.manual_seed(seed)
+    model = SequenceRecommender(cfg)
+    model.vocab = vocab
+    return model
+
+
+def head(**kw):
+    return SequenceClassifier(backbone(**kw), HeadConfig(task="binary", dropout=0.0))
+
+
+def trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def parity_task(rng, n):
+    """label = parity of the OLDEST item in the row (rows of 2..8 random items)."""
+    seqs = [rng.integers(N_SPECIAL, N_SPECIAL + N_ITEMS, size=int(rng.integers(2, 9))) for _ in range(n)]
+    return rows_from_tokens(seqs, 8), torch.tensor([float(s[0] % 2) for s in seqs])
+
+
+# -- freezing --------------------------------------------------------------------------------
+def test_freeze_options_leave_exactly_the_intended_parameters_trainable():
+    model = head(fusion="learned")
+    names = {n for n, _ in model.named_parameters()}
+    head_names = {n for n in names if n.startswith(("tower.", "pooling."))}
+    emb = {n for n in names if n.startswith("embeddings.")}
+    layer = {i: {n for n in names if n.startswith(f"encoder.layers.{i}.")} for i in range(3)}
+    top = {n for n in names if n.startswith(("encoder.final_norm.", "fusion.", "reuse.", "scorer."))}
+    assert emb and all(layer.values()) and top and head_names
+    assert emb | layer[0] | layer[1] | layer[2] | top | head_names == names
+
+    assert apply_freeze(model, FinetuneConfig(freeze="none")) and trainable(model) == names
+    apply_freeze(model, FinetuneConfig(freeze="all"))
+    assert trainable(model) == head_names
+    apply_freeze(model, FinetuneConfig(freeze="embeddings"))
+    assert trainable(model) == names - emb
+    apply_freeze(model, FinetuneConfig(freeze="partial", trainable_layers=1))
+    assert trainable(model) == layer[2] | top | head_names
+    apply_freeze(model, FinetuneConfig(freeze="partial", trainable_layers=2))
+    assert trainable(model) == layer[1] | layer[2] | top | head_names
+    with pytest.raises(ConfigError, match=r"trainable_layers must be in \[1, 3\]"):
+        apply_freeze(model, FinetuneConfig(freeze="partial", trainable_layers=4))
+
+
+def test_frozen_parameters_do_not_change_in_training():
+    model = head()
+    cfg = FinetuneConfig(freeze="partial", trainable_layers=1, encoder_lr=1e-2, head_lr=1e-2)
+    apply_freeze(model, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = make_optimizer(model, cfg)
+    x, y = parity_task(np.random.default_rng(0), 32)
+    for _ in range(3):
+        opt.zero_grad()
+        model.loss(model(x), y).backward()
+        opt.step()
+    for n, p in model.named_parameters():
+        changed = not torch.equal(before[n], p.detach())
+        if not p.requires_grad:
+            assert not changed, n
+    assert not torch.equal(before["encoder.layers.2.ffn.0.weight"], model.encoder.layers[2].ffn[0].weight)
+
+
+# -- parameter groups ---------------------------------------------------------------------------
+def test_layer_wise_decay_gives_increasing_lrs_toward_the_top():
+    model = CTRModel(backbone())
+    cfg = FinetuneConfig(encoder_lr=1e-3, head_lr=5e-3, layer_decay=0.5, weight_decay=0.1)
+    groups = param_groups(model, cfg)
+    lr = {g["name"]: g["lr"] for g in groups}
+    assert lr["layer_0"] == pytest.approx(1e-3 * 0.5 ** 3)  # embeddings: lowest
+    assert [lr[f"layer_{i}"] for i in range(4)] == pytest.approx([1.25e-4, 2.5e-4, 5e-4, 1e-3])
+    assert lr["head"] == 5e-3 and lr["layer_3_no_decay"] == 1e-3
+    for g in groups:
+        assert all((p.ndim >= 2) == (not g["name"].endswith("_no_decay")) for p in g["params"])
+        assert g["weight_decay"] == (0.0 if g["name"].endswith("_no_decay") else 0.1)
+    # every trainable parameter in exactly one group
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    assert layer_depth("encoder.final_norm.weight", 3) == 3 and layer_depth("tower.out.bias", 3) is None
+    apply_freeze(model, FinetuneConfig(freeze="all"))
+    assert {g["name"] for g in param_groups(model, cfg)} == {"head", "head_no_decay"}
+
+
+# -- auxiliary MLM ------------------------------------------------------------------------------------
+def test_mlm_aux_is_the_pretrained_cloze_loss():
+    ref = backbone()
+    model = SequenceClassifier(ref, HeadConfig(task="binary"))
+    x, _ = parity_task(np.random.default_rng(0), 16)
+    cfg = FinetuneConfig(aux="mlm", aux_lambda=0.3)
+    got = mlm_aux_loss(model, x, cfg, torch.Generator().manual_seed(7))
+    inputs, labels = mask_tokens(x, ref.config.n_tokens, cfg.mask_prob, cfg.last_item_mask_prob,
+                                 torch.Generator().manual_seed(7))
+    hidden, targets = gather_targets(ref(inputs, causal=False).sequence_output, labels)
+    assert torch.allclose(got, full_softmax_loss(hidden, targets, ref.scorer))
+    got.backward()
+    assert model.scorer.bias.grad is not None
+    with pytest.raises(ConfigError, match="keep_scorer"):
+        mlm_aux_loss(SequenceClassifier(ref, HeadConfig(), keep_scorer=False), x, cfg, torch.Generator())
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+def test_finetune_learns_first_item_parity_with_aux_mlm_and_restores_best():
+    rng = np.random.default_rng(0)
+    x, y = parity_task(rng, 512)
+    xv, yv = parity_task(rng, 256)
+    model = head(layers=2)
+    cfg = FinetuneConfig(encoder_lr=3e-3, head_lr=3e-3, layer_decay=0.9, aux="mlm", aux_lambda=0.2, patience=3)
+
+    def batches(epoch):
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, len(x), 64):
+            idx = perm[i:i + 64]
+            yield x[idx], y[idx]
+
+    def accuracy(m):
+        return float((m.predict(xv) == yv.long()).float().mean())
+
+    rows = []
+    res = finetune(model, batches, accuracy, cfg, epochs=25, log=rows.append)
+    assert res.best_metric > 0.8  # chance: 0.5
+    assert rows and all(r["aux_loss"] > 0 for r in rows)
+    assert accuracy(model) == pytest.approx(res.best_metric)  # best weights restored
+    assert not model.training
+
+
+def test_finetune_stops_early_when_the_metric_does_not_improve():
+    model = head(layers=1)
+    x, y = parity_task(np.random.default_rng(0), 32)
+    res = finetune(model, lambda e: [(x, y)], lambda m: 0.5, FinetuneConfig(patience=2), epochs=10)
+    assert res.stopped_early and res.epochs_run == 2 and res.best_epoch == -1
+    with pytest.raises(ConfigError, match="nothing to train"):
+        model2 = head(layers=1)
+        for p in model2.parameters():
+            p.requires_grad_(False)
+        make_optimizer(model2, FinetuneConfig())
+
+
+# -- loading and compatibility ------------------------------------------------------------------------
+def test_load_encoder_and_compatibility_errors(tmp_path):
+    ref = backbone()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_encoder(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_encoder(tmp_path / "empty")
+    ref.save_pretrained(tmp_path / "m")
+    enc = load_encoder(tmp_path / "m")
+    check_compatible(enc, ref.vocab, 16)
+    check_compatible(enc, len(ref.vocab))
+    with pytest.raises(CheckpointError, match=r"n_tokens=23.*expects 30"):
+        check_compatible(enc, 30)
+    with pytest.raises(CheckpointError, match="different item ids"):
+        check_compatible(enc, ItemVocab(np.arange(500, 500 + N_ITEMS)))
+    with pytest.raises(CheckpointError, match="hidden=16 but the head expects hidden=64"):
+        check_compatible(SequenceClassifier(enc, HeadConfig()), None, 64)
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"freeze": "top"}, "finetune.freeze"), ({"freeze": "partial", "trainable_layers": 0}, "finetune.trainable_layers"),
+    ({"encoder_lr": 0.0}, "finetune.encoder_lr"), ({"layer_decay": 1.5}, "finetune.layer_decay"),
+    ({"aux": "mlm", "aux_lambda": 1.0}, "finetune.aux_lambda"), ({"aux_lambda": 0.5}, "finetune.aux_lambda"),
+    ({"aux": "mlm", "freeze": "all"}, "finetune.aux"), ({"weight_decay": -1.0}, "finetune.weight_decay"),
+])
+def test_bad_finetune_config_names_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        FinetuneConfig(**kwargs)
+    assert FinetuneConfig.from_dict({"freeze": "partial", "trainable_layers": "2"}).trainable_layers == 2
+
+
+def test_finetune_runs_a_ctr_model_with_context_and_aux():
+    from recbert.heads.ctr import CTRConfig
+
+    rng = np.random.default_rng(0)
+    x, _ = parity_task(rng, 64)
+    cand = torch.from_numpy(rng.integers(N_SPECIAL, N_SPECIAL + N_ITEMS, size=64))
+    ctx = torch.randn(64, 2)
+    y = (ctx[:, 0] > 0).float()
+    model = CTRModel(backbone(layers=1), CTRConfig(n_context=2, dropout=0.0))
+    cfg = FinetuneConfig(freeze="embeddings", aux="mlm", aux_lambda=0.5, head_lr=1e-2)
+    res = finetune(model, lambda e: [(x[i:i + 32], cand[i:i + 32], ctx[i:i + 32], y[i:i + 32]) for i in (0, 32)],
+                   lambda m: -float(m.loss(m(x, cand, ctx), y)), cfg, epochs=3)
+    assert res.epochs_run == 3 and len(res.history) == 3
+    assert all(np.isfinite(r["loss"]) and r["steps"] == 2 for r in res.history)
+    assert not model.embeddings.item.weight.requires_grad
