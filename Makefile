@@ -15,4 +15,4 @@ test: setup
 	$(PY) -m pytest -q
 
 benchmark-beauty: setup
-	$(PY) benchmarks/beauty.py
+	$(PY) benchmarks/quality.py beauty

@@ -174,7 +174,7 @@ class BagOfTokensModel(nn.Module):
         onehot[x == PAD] = 0
         h = torch.zeros(b, length, self.config.n_tokens)
         h[:, -1] = onehot.sum(1)
-        return types.SimpleNamespace(last_hidden_state=h)
+        return types.SimpleNamespace(last_hidden_state=h, sequence_output=h)
 
 
 def brute_scores(model: BagOfTokensModel, history: list[int]) -> np.ndarray:
