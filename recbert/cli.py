@@ -219,6 +219,61 @@ def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, kee
     click.echo(f"wrote top-{top_k} for {n} users to {out}")
 
 
+# -- experiments: fine-tuning and ablations -----------------------------------------------------
+@cli.command("finetune")
+@click.option("--task", type=click.Choice(["gender", "age", "occupation", "ctr"]), required=True)
+@with_model
+@click.option("--scratch", is_flag=True, help="Fine-tune a freshly initialised encoder (same ModelConfig) "
+              "instead of the pretrained one.")
+@click.option("--compare", is_flag=True, help="Run both the pretrained and the scratch variant.")
+@click.option("--folds", type=int, help="StratifiedKFold splits for classification tasks (experiment.folds).")
+@click.option("--epochs", type=int, help="Fine-tuning epochs (experiment.epochs).")
+@config_option
+@set_option
+@click.option("--no-mlflow", is_flag=True, help="Do not track the runs in MLflow.")
+def finetune_cmd(task, run_id, model_dir, scratch, compare, folds, epochs, config, overrides, no_mlflow) -> None:
+    """Fine-tune a head on a MovieLens-100K task (user gender / age / occupation or CTR) and
+    compare it with a scikit-learn baseline. Keys: experiment.*, model.* (scratch without a
+    model), head.*, ctr.*, finetune.*, tracking.*."""
+    from pipelines.finetune import FinetuneRunConfig, metric_names, run_task
+
+    sets = list(overrides)
+    if folds is not None:
+        sets.append(f"experiment.folds={folds}")
+    if epochs is not None:
+        sets.append(f"experiment.epochs={epochs}")
+    if no_mlflow:
+        sets.append("tracking.enabled=false")
+    cfg = FinetuneRunConfig.load(config, sets)
+    if scratch and compare:
+        raise RecbertError("give at most one of --scratch and --compare")
+    path = None
+    if model_dir is not None or run_id is not None:
+        path = _model_dir(model_dir, run_id)
+    elif not scratch:
+        raise RecbertError("give a pretrained model (--model-dir or --run-id), or --scratch")
+    variants = ("pretrained", "scratch") if compare else ("scratch",) if scratch else ("pretrained",)
+    result = run_task(path, task, cfg, variants)
+    click.echo(result.info.get("table") or result.table(metric_names(task)))
+    click.echo(f"mlflow run id: {result.run_id}" if result.run_id else "mlflow: off")
+    click.echo(f"wall time: {result.seconds:.1f}s")
+
+
+@cli.command("ablate")
+@config_option
+@set_option
+@click.option("--no-mlflow", is_flag=True, help="Do not track the runs in MLflow.")
+def ablate_cmd(config, overrides, no_mlflow) -> None:
+    """Ablation grid (grid.* switches x grid.seeds) on a user-classification task; prints a
+    markdown table of mean ± std per metric and logs it to the MLflow parent run."""
+    from pipelines.ablate import AblationConfig, run_ablation
+
+    sets = list(overrides) + (["tracking.enabled=false"] if no_mlflow else [])
+    result = run_ablation(AblationConfig.load(config, sets))
+    click.echo(result.table)
+    click.echo(f"mlflow run id: {result.run_id}" if result.run_id else "mlflow: off")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="recbert", standalone_mode=False)

@@ -1,0 +1,506 @@
+"""Fine-tuning experiments on MovieLens-100K: user classification (gender / age / occupation)
+and CTR, from a pretrained model directory or from scratch, with scikit-learn baselines.
+
+* ``run_classification(model_dir, task, config)``: stratified K-fold over users (repeated for
+  every seed in ``experiment.seeds``); each fold trains a SequenceClassifier per variant
+  ('pretrained': the saved encoder; 'scratch': a fresh SequenceRecommender with the same
+  ModelConfig and vocabulary) and a LogisticRegression on TF-IDF bag-of-items of the same
+  history window. Early stopping on a validation slice of the training fold (stratified,
+  ``experiment.val_fraction``) by validation log-loss. Metrics on the held-out fold:
+  accuracy, macro-F1, micro-F1, log-loss and AUC (binary AUC; for multi-class the macro
+  one-vs-rest AUC over the classes present in the fold).
+* ``run_ctr(model_dir, config)``: the time-ordered per-user split of
+  :func:`recbert.data.tasks.build_ctr_task`; a CTRModel per variant (early stopping on
+  validation AUC) and a LogisticRegression on the three history features. Metrics on the
+  test split: AUC, log-loss, accuracy. Repeated for every seed.
+
+Test metrics are also recorded after every fine-tuning epoch (``curve``: index 0 = before
+fine-tuning), so "metric after 1 vs 5 epochs" can be read from one run. Everything is tracked
+in MLflow: one parent run per call and a child run (tag ``mlflow.parentRunId``) per
+(variant, seed, fold).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from recbert.config import ModelConfig, RunConfig, TrackingConfig, build_section, parse_overrides, read_config_file
+from recbert.data.tasks import USER_TASKS, CTRSplit, UserTask, build_ctr_task, build_user_task
+from recbert.data.vocab import PAD, ItemVocab
+from recbert.errors import ConfigError
+from recbert.heads.classification import HeadConfig, SequenceClassifier
+from recbert.heads.ctr import CTRConfig, CTRModel
+from recbert.heads.finetune import FinetuneConfig, finetune, load_encoder
+from recbert.model.recommender import SequenceRecommender
+from recbert.tracking import Tracker
+
+log = logging.getLogger("recbert.finetune")
+
+VARIANTS = ("pretrained", "scratch")
+CLASSIFICATION_METRICS = ("accuracy", "f1_macro", "f1_micro", "auc", "log_loss")
+CTR_METRICS = ("auc", "log_loss", "accuracy")
+
+
+@dataclass
+class ExperimentConfig:
+    """Data and protocol of a fine-tuning experiment."""
+
+    events: str = "data/ml-100k/events.parquet"
+    users: str = "data/ml-100k/users.parquet"
+    items: str = "data/ml-100k/items.parquet"
+    epochs: int = 5
+    batch_size: int = 64
+    folds: int = 3  # classification: StratifiedKFold splits
+    seeds: list[int] = field(default_factory=lambda: [0])  # repeats (fold split, init, batch order)
+    val_fraction: float = 0.1  # classification: share of a training fold; ctr: share of each user's train events
+    test_fraction: float = 0.2  # ctr: last share of each user's events
+    rating_threshold: int = 4  # ctr: click = rating >= threshold
+    max_len: Optional[int] = None  # history window (None: the model's max_len)
+    max_train_samples: Optional[int] = None  # ctr: random subsample of the training samples
+    max_val_samples: Optional[int] = None  # ctr: random subsample of the validation samples
+    max_test_samples: Optional[int] = None  # ctr: random subsample of the test samples
+    baselines: bool = True
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("experiment.epochs must be >= 0 and experiment.batch_size >= 1")
+        if self.folds < 2:
+            raise ConfigError(f"experiment.folds must be >= 2, got {self.folds}")
+        if not self.seeds:
+            raise ConfigError("experiment.seeds must name at least one seed")
+        if not 0.0 < self.val_fraction < 0.5 or not 0.0 < self.test_fraction < 0.5:
+            raise ConfigError("experiment.val_fraction and experiment.test_fraction must be in (0, 0.5)")
+        for name in ("max_len", "max_train_samples", "max_val_samples", "max_test_samples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"experiment.{name} must be >= 1 (or unset), got {v}")
+
+
+@dataclass
+class FinetuneRunConfig:
+    """Everything a `recbert finetune` run needs. ``model`` is used only for a scratch model
+    without a model directory (otherwise the directory's config is used)."""
+
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    ctr: CTRConfig = field(default_factory=CTRConfig)
+    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(patience=100))
+    tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="recbert-finetune"))
+    threads: Optional[int] = None
+
+    def flat(self) -> dict[str, Any]:
+        return RunConfig.flat(self)  # the walk only needs dataclass fields
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: Sequence[str] = ()) -> "FinetuneRunConfig":
+        return load_dataclass(cls, path, overrides)
+
+
+def load_dataclass(cls: type, path: str | Path | None, overrides: Sequence[str]) -> Any:
+    """A config dataclass from TOML/JSON plus ``section.key=value`` overrides (strict keys)."""
+    raw = read_config_file(path) if path is not None else {}
+    return build_section(cls, parse_overrides(list(overrides), raw), "", cls())
+
+
+@dataclass
+class ExperimentResult:
+    task: str
+    run_id: Optional[str]
+    # variant -> one dict of test metrics per (seed, fold)
+    runs: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    # variant -> per (seed, fold) list of per-epoch test metric dicts (index 0 = before training)
+    curves: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, dict[str, tuple[float, float]]]:
+        """variant -> metric -> (mean, std) over seeds x folds."""
+        return {v: aggregate(rows) for v, rows in self.runs.items()}
+
+    def curve_summary(self, metric: str, epochs: Sequence[int]) -> dict[str, dict[int, tuple[float, float]]]:
+        """variant -> epoch -> (mean, std) of the test ``metric`` after that many epochs
+        (runs that stopped earlier are left out of that epoch)."""
+        out = {}
+        for v, curves in self.curves.items():
+            out[v] = {}
+            for e in epochs:
+                vals = [c[e][metric] for c in curves if len(c) > e]
+                if vals:
+                    out[v][e] = (float(np.mean(vals)), float(np.std(vals)))
+        return out
+
+    def table(self, metrics: Sequence[str], curve_metric: Optional[str] = None,
+              curve_epochs: Sequence[int] = (1, 5)) -> str:
+        summ = self.summary()
+        cols = list(metrics)
+        curve = self.curve_summary(curve_metric, curve_epochs) if curve_metric else {}
+        ccols = [f"{curve_metric} after {e} ep" for e in curve_epochs] if curve_metric else []
+        head = "| variant | n | " + " | ".join(cols + ccols) + " |\n|---|---|" + "---|" * (len(cols) + len(ccols)) + "\n"
+        body = ""
+        for v, stats in summ.items():
+            cells = [fmt(stats.get(m)) for m in cols]
+            if curve_metric:
+                cells += [fmt(curve.get(v, {}).get(e)) if v in self.curves else "" for e in curve_epochs]
+            body += f"| {v} | {len(self.runs[v])} | " + " | ".join(cells) + " |\n"
+        return head + body
+
+
+def fmt(stat: Optional[tuple[float, float]]) -> str:
+    if stat is None or not math.isfinite(stat[0]):
+        return "n/a"
+    return f"{stat[0]:.4f} ± {stat[1]:.4f}"
+
+
+def aggregate(rows: Sequence[dict[str, float]]) -> dict[str, tuple[float, float]]:
+    keys = sorted({k for r in rows for k in r})
+    out = {}
+    for k in keys:
+        vals = np.array([r[k] for r in rows if k in r and math.isfinite(r[k])], dtype=np.float64)
+        out[k] = (float(vals.mean()), float(vals.std())) if len(vals) else (math.nan, math.nan)
+    return out
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def classification_metrics(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:
+    """``proba``: ``[N]`` P(class 1) for binary tasks, else ``[N, C]``."""
+    from sklearn.metrics import accuracy_score, f1_score, log_loss, roc_auc_score
+
+    y = np.asarray(y).astype(np.int64)
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim == 1:
+        p = np.stack([1 - p, p], axis=1)
+    p = np.clip(p, 1e-7, 1.0)
+    p = p / p.sum(1, keepdims=True)
+    pred = p.argmax(1)
+    out = {"accuracy": float(accuracy_score(y, pred)),
+           "f1_macro": float(f1_score(y, pred, average="macro", zero_division=0)),
+           "f1_micro": float(f1_score(y, pred, average="micro", zero_division=0)),
+           "log_loss": float(log_loss(y, p, labels=list(range(n_classes))))}
+    if n_classes == 2:
+        out["auc"] = float(roc_auc_score(y, p[:, 1])) if len(np.unique(y)) == 2 else math.nan
+    else:
+        aucs = [roc_auc_score(y == c, p[:, c]) for c in range(n_classes) if 0 < (y == c).sum() < len(y)]
+        out["auc"] = float(np.mean(aucs)) if aucs else math.nan
+    return out
+
+
+def ctr_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    y = np.asarray(y).astype(np.int64)
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return {"auc": float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else math.nan,
+            "log_loss": float(log_loss(y, p, labels=[0, 1])),
+            "accuracy": float(((p > 0.5) == (y > 0)).mean())}
+
+
+# -- backbones -----------------------------------------------------------------------------------
+class Backbones:
+    """Fresh backbones per (variant, seed, fold): the pretrained encoder (a deep copy) or a
+    newly initialised SequenceRecommender with the same ModelConfig and vocabulary."""
+
+    def __init__(self, model_dir: Optional[str | Path], model_config: ModelConfig, events: str):
+        if model_dir is not None:
+            self.base: Optional[SequenceRecommender] = load_encoder(model_dir)
+            self.vocab: ItemVocab = self.base.vocab
+            self.config = self.base.config
+        else:
+            from recbert.data.events import load_events
+
+            self.base = None
+            self.vocab = ItemVocab.build(load_events(events)["item_id"])
+            self.config = dataclasses.replace(model_config, n_tokens=len(self.vocab),
+                                              feature_cardinalities={}, feature_widths={})
+
+    def make(self, variant: str, seed: int) -> SequenceRecommender:
+        """A fresh backbone; also seeds torch so the head built next (and dropout) is reproducible."""
+        torch.manual_seed(seed)
+        if variant == "pretrained":
+            if self.base is None:
+                raise ConfigError("the 'pretrained' variant needs a model directory (--model-dir / --run-id); "
+                                  "use --scratch to train from scratch")
+            return copy.deepcopy(self.base).train()
+        if variant != "scratch":
+            raise ConfigError(f"unknown variant {variant!r}; choose from {list(VARIANTS)}")
+        model = SequenceRecommender(copy.deepcopy(self.config))
+        if self.base is not None:  # keep non-learned buffers (item feature tables)
+            buffers = dict(self.base.named_buffers())
+            model.load_state_dict({k: v.clone() for k, v in buffers.items()}, strict=False)
+        model.vocab = self.vocab
+        return model.train()
+
+
+def _trim(rows: np.ndarray) -> torch.Tensor:
+    """Drop leading columns that are padding in every row (left-padded rows)."""
+    real = (rows != PAD).any(0)
+    first = int(real.argmax()) if real.any() else rows.shape[1] - 1
+    return torch.from_numpy(np.ascontiguousarray(rows[:, first:]))
+
+
+def _batches(arrays: Sequence[np.ndarray], batch_size: int, seed: int) -> Callable[[int], Any]:
+    n = len(arrays[0])
+
+    def fn(epoch: int):
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            yield (_trim(arrays[0][idx]), *(torch.from_numpy(a[idx]) for a in arrays[1:]))
+
+    return fn
+
+
+@torch.no_grad()
+def _predict(fn: Callable[..., torch.Tensor], arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
+    outs = []
+    for i in range(0, len(arrays[0]), batch_size):
+        sl = slice(i, i + batch_size)
+        outs.append(fn(_trim(arrays[0][sl]), *(torch.from_numpy(a[sl]) for a in arrays[1:])).cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros(0)
+
+
+def _variants(variants: Sequence[str]) -> list[str]:
+    out = list(dict.fromkeys(variants))
+    bad = [v for v in out if v not in VARIANTS]
+    if bad or not out:
+        raise ConfigError(f"variants must be among {list(VARIANTS)}, got {list(variants)}")
+    return out
+
+
+def _setup(config: FinetuneRunConfig) -> None:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+
+def _window(config: FinetuneRunConfig, model_config: ModelConfig) -> int:
+    w = config.experiment.max_len or model_config.max_len
+    if w > model_config.max_len:
+        raise ConfigError(f"experiment.max_len={w} exceeds the model's max_len={model_config.max_len}")
+    return w
+
+
+# -- classification ---------------------------------------------------------------------------
+def tfidf_baseline(task: UserTask, train_idx: np.ndarray, test_idx: np.ndarray, n_tokens: int,
+                   seed: int) -> np.ndarray:
+    """LogisticRegression on TF-IDF bag-of-items of the same rows; test probabilities."""
+    from scipy.sparse import csr_matrix
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.linear_model import LogisticRegression
+
+    rows = task.rows
+    r, c = np.nonzero(rows != PAD)
+    counts = csr_matrix((np.ones(len(r)), (r, rows[r, c])), shape=(len(rows), n_tokens))
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[train_idx])
+    clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+    clf.fit(tfidf.transform(counts[train_idx]), task.labels[train_idx])
+    proba = np.zeros((len(test_idx), task.n_classes))
+    proba[:, clf.classes_] = clf.predict_proba(tfidf.transform(counts[test_idx]))
+    return proba[:, 1] if task.binary else proba
+
+
+def run_classification(model_dir: Optional[str | Path], task: str, config: FinetuneRunConfig,
+                       variants: Sequence[str] = ("pretrained",), parent_run_id: Optional[str] = None,
+                       run_name: Optional[str] = None) -> ExperimentResult:
+    """K-fold user classification (see the module docstring)."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    if task not in USER_TASKS:
+        raise ConfigError(f"classification task must be one of {list(USER_TASKS)}, got {task!r}")
+    started = time.perf_counter()
+    _setup(config)
+    exp = config.experiment
+    variants = _variants(variants)
+    backbones = Backbones(model_dir, config.model, exp.events)
+    data = build_user_task(task, exp.events, exp.users, backbones.vocab, _window(config, backbones.config))
+    head_cfg = dataclasses.replace(config.head, task="binary" if data.binary else "multiclass",
+                                   n_classes=data.n_classes)
+    if head_cfg.class_weights is not None and len(head_cfg.class_weights) != data.n_classes:
+        raise ConfigError(f"head.class_weights needs {data.n_classes} entries for task {task}")
+    labels_t = data.labels.astype(np.float32) if data.binary else data.labels
+    min_class = int(np.bincount(data.labels, minlength=data.n_classes).min())
+    if exp.folds > max(min_class, 2):
+        log.warning("the rarest %s class has %d users: fewer than experiment.folds=%d", task, min_class, exp.folds)
+    result = ExperimentResult(task, None, info={"users": len(data), "classes": data.classes,
+                                                "window": data.rows.shape[1]})
+
+    parent = Tracker(config.tracking, parent_run_id=parent_run_id)
+    with parent:
+        parent.start({**config.flat(), "task": task, "model_dir": str(model_dir), "variants": ",".join(variants)},
+                     run_name=run_name or f"finetune-{task}")
+        for seed in exp.seeds:
+            skf = StratifiedKFold(n_splits=exp.folds, shuffle=True, random_state=seed)
+            for fold, (trval, test) in enumerate(skf.split(data.rows, data.labels)):
+                try:
+                    train, val = train_test_split(trval, test_size=exp.val_fraction, random_state=seed,
+                                                  stratify=data.labels[trval])
+                except ValueError:  # a class too rare to stratify the validation slice
+                    train, val = train_test_split(trval, test_size=exp.val_fraction, random_state=seed)
+                tag = {"seed": seed, "fold": fold}
+                if exp.baselines:
+                    m = classification_metrics(data.labels[test], tfidf_baseline(
+                        data, trval, test, backbones.config.n_tokens, seed), data.n_classes)
+                    result.runs.setdefault("tfidf_logreg", []).append(m)
+                    _child(config.tracking, parent.run_id, f"tfidf_logreg s{seed} f{fold}",
+                           {**tag, "variant": "tfidf_logreg"}, m)
+                for variant in variants:
+                    model = SequenceClassifier(backbones.make(variant, seed * 1000 + fold), head_cfg)
+                    ft = dataclasses.replace(config.finetune, seed=seed * 1000 + fold)
+                    curve: list[dict[str, float]] = []
+
+                    def proba(m: SequenceClassifier, idx: np.ndarray) -> np.ndarray:
+                        logits = _predict(m, [data.rows[idx]], exp.eval_batch_size)
+                        return 1 / (1 + np.exp(-logits)) if data.binary else _softmax(logits)
+
+                    def val_fn(m: SequenceClassifier) -> float:
+                        curve.append(classification_metrics(data.labels[test], proba(m, test), data.n_classes))
+                        return classification_metrics(data.labels[val], proba(m, val), data.n_classes)["log_loss"]
+
+                    res = finetune(model, _batches([data.rows[train], labels_t[train]], exp.batch_size,
+                                                   seed * 1000 + fold),
+                                   val_fn, ft, exp.epochs, higher_is_better=False, device="cpu")
+                    m = classification_metrics(data.labels[test], proba(model, test), data.n_classes)
+                    m["best_epoch"] = res.best_epoch + 1
+                    result.runs.setdefault(variant, []).append(m)
+                    result.curves.setdefault(variant, []).append(curve)
+                    _child(config.tracking, parent.run_id, f"{variant} s{seed} f{fold}",
+                           {**tag, "variant": variant}, m, curve, res.history)
+                    log.info("%s %s seed %d fold %d: %s", task, variant, seed, fold,
+                             {k: round(v, 4) for k, v in m.items()})
+        result.run_id = parent.run_id
+        result.seconds = time.perf_counter() - started
+        _log_summary(parent, result, CLASSIFICATION_METRICS, "auc" if data.binary else "accuracy")
+    return result
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _child(tracking: TrackingConfig, parent_id: Optional[str], name: str, params: dict,
+           metrics: dict[str, float], curve: Optional[list[dict]] = None, history: Optional[list[dict]] = None) -> None:
+    if parent_id is None:
+        return
+    child = Tracker(tracking, parent_run_id=parent_id)
+    with child:
+        child.start(params, run_name=name)
+        child.log_metrics({f"test/{k}": v for k, v in metrics.items() if math.isfinite(v)})
+        for step, row in enumerate(curve or []):
+            child.log_metrics({f"curve/{k}": v for k, v in row.items() if math.isfinite(v)}, step)
+        for row in history or []:
+            child.log_metrics({f"train/{k}": v for k, v in row.items() if k != "epoch" and math.isfinite(v)},
+                              int(row["epoch"]) + 1)
+
+
+def _log_summary(parent: Tracker, result: ExperimentResult, metrics: Sequence[str], curve_metric: str) -> None:
+    for variant, stats in result.summary().items():
+        parent.log_metrics({f"{variant}/{k}_{s}": v for k, (mean, std) in stats.items()
+                            for s, v in (("mean", mean), ("std", std)) if math.isfinite(v)})
+    epochs = [e for e in (1, 5) if any(len(c) > e for cs in result.curves.values() for c in cs)]
+    result.info["table"] = result.table(metrics, curve_metric, epochs)
+    parent.log_text(result.info["table"], f"{result.task}_results.md")
+
+
+# -- CTR ---------------------------------------------------------------------------------------
+def _sample(split: CTRSplit, n: Optional[int], seed: int) -> CTRSplit:
+    if n is None or n >= len(split):
+        return split
+    idx = np.sort(np.random.default_rng(seed).choice(len(split), n, replace=False))
+    return split.subset(idx)
+
+
+def feature_baseline(train: CTRSplit, test: CTRSplit, seed: int) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    clf.fit(train.features, train.labels.astype(np.int64))
+    return clf.predict_proba(test.features)[:, 1]
+
+
+def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants: Sequence[str] = ("pretrained",),
+            parent_run_id: Optional[str] = None, run_name: Optional[str] = None) -> ExperimentResult:
+    """CTR fine-tuning on the per-user time split (see the module docstring)."""
+    started = time.perf_counter()
+    _setup(config)
+    exp = config.experiment
+    variants = _variants(variants)
+    if config.ctr.n_context:
+        raise ConfigError("ctr.n_context must be 0 here: the CTR model sees the item sequence only")
+    backbones = Backbones(model_dir, config.model, exp.events)
+    task = build_ctr_task(exp.events, backbones.vocab, _window(config, backbones.config),
+                          items=exp.items if exp.items and Path(exp.items).is_file() else None,
+                          threshold=exp.rating_threshold, test_fraction=exp.test_fraction,
+                          val_fraction=exp.val_fraction)
+    result = ExperimentResult("ctr", None, info=dict(task.info))
+    parent = Tracker(config.tracking, parent_run_id=parent_run_id)
+    with parent:
+        parent.start({**config.flat(), "task": "ctr", "model_dir": str(model_dir), "variants": ",".join(variants)},
+                     run_name=run_name or "finetune-ctr")
+        parent.log_metrics({f"data/{k}": v for k, v in task.info.items()})
+        for seed in exp.seeds:
+            train = _sample(task.train, exp.max_train_samples, seed)
+            val = _sample(task.val, exp.max_val_samples, seed + 1)
+            test = _sample(task.test, exp.max_test_samples, seed + 2)
+            if exp.baselines:
+                m = ctr_metrics(test.labels, feature_baseline(train, test, seed))
+                result.runs.setdefault("features_logreg", []).append(m)
+                _child(config.tracking, parent.run_id, f"features_logreg s{seed}",
+                       {"seed": seed, "variant": "features_logreg"}, m)
+            for variant in variants:
+                model = CTRModel(backbones.make(variant, seed), config.ctr)
+                ft = dataclasses.replace(config.finetune, seed=seed)
+                curve: list[dict[str, float]] = []
+
+                def proba(m: CTRModel, s: CTRSplit) -> np.ndarray:
+                    logits = _predict(m, [s.rows, s.candidates], exp.eval_batch_size)
+                    return 1 / (1 + np.exp(-logits))
+
+                def val_fn(m: CTRModel) -> float:
+                    curve.append(ctr_metrics(test.labels, proba(m, test)))
+                    return ctr_metrics(val.labels, proba(m, val))["auc"]
+
+                res = finetune(model, _batches([train.rows, train.candidates, train.labels], exp.batch_size, seed),
+                               val_fn, ft, exp.epochs, higher_is_better=True, device="cpu")
+                m = ctr_metrics(test.labels, proba(model, test))
+                m["best_epoch"] = res.best_epoch + 1
+                result.runs.setdefault(variant, []).append(m)
+                result.curves.setdefault(variant, []).append(curve)
+                _child(config.tracking, parent.run_id, f"{variant} s{seed}", {"seed": seed, "variant": variant},
+                       m, curve, res.history)
+                log.info("ctr %s seed %d: %s", variant, seed, {k: round(v, 4) for k, v in m.items()})
+        result.run_id = parent.run_id
+        result.seconds = time.perf_counter() - started
+        _log_summary(parent, result, CTR_METRICS, "auc")
+    return result
+
+
+def run_task(model_dir: Optional[str | Path], task: str, config: FinetuneRunConfig,
+             variants: Sequence[str] = ("pretrained",), parent_run_id: Optional[str] = None,
+             run_name: Optional[str] = None) -> ExperimentResult:
+    if task == "ctr":
+        return run_ctr(model_dir, config, variants, parent_run_id, run_name)
+    return run_classification(model_dir, task, config, variants, parent_run_id, run_name)
+
+
+def metric_names(task: str) -> tuple[str, ...]:
+    return CTR_METRICS if task == "ctr" else CLASSIFICATION_METRICS
+
+
+__all__ = ["ExperimentConfig", "ExperimentResult", "FinetuneRunConfig", "Backbones", "classification_metrics",
+           "ctr_metrics", "load_dataclass", "metric_names", "run_classification", "run_ctr", "run_task"]

@@ -1,0 +1,114 @@
+"""Fine-tuning experiments end to end on the shipped MovieLens-100K, with a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from pipelines.finetune import (Backbones, FinetuneRunConfig, classification_metrics, ctr_metrics,
+                                run_classification, run_ctr)
+from recbert.cli import main
+from recbert.config import ModelConfig
+from recbert.data.vocab import ItemVocab
+from recbert.errors import ConfigError
+from recbert.model.recommender import SequenceRecommender
+from tests.conftest import REPO
+
+ML = REPO / "data" / "ml-100k"
+TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.intermediate=32", "model.max_len=20"]
+DATA = [f"experiment.events={ML / 'events.parquet'}", f"experiment.users={ML / 'users.parquet'}",
+        f"experiment.items={ML / 'items.parquet'}"]
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory):
+    """A tiny (untrained) model directory with the ML-100K vocabulary."""
+    vocab = ItemVocab.build(pl.read_parquet(ML / "events.parquet")["item_id"])
+    cfg = ModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_len=20, n_tokens=len(vocab))
+    torch.manual_seed(3)
+    model = SequenceRecommender(cfg)
+    return model.save_pretrained(tmp_path_factory.mktemp("pre") / "model", vocab)
+
+
+def test_classification_metrics():
+    y = np.array([0, 1, 1, 0])
+    m = classification_metrics(y, np.array([0.1, 0.9, 0.8, 0.3]), 2)
+    assert m["accuracy"] == 1.0 and m["auc"] == 1.0 and m["f1_macro"] == 1.0 and m["log_loss"] < 0.3
+    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
+    m = classification_metrics(np.array([0, 1, 0]), p, 3)  # class 2 absent: AUC over present classes
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["f1_micro"] == pytest.approx(2 / 3)
+    assert m["auc"] == pytest.approx(1.0) and math.isfinite(m["log_loss"])
+    c = ctr_metrics(np.array([0, 1, 1]), np.array([0.2, 0.6, 0.9]))
+    assert c["auc"] == 1.0 and c["accuracy"] == 1.0
+
+
+def test_backbones_pretrained_copy_and_scratch(pretrained_dir):
+    b = Backbones(pretrained_dir, ModelConfig(), "unused")
+    pre, scratch = b.make("pretrained", 0), b.make("scratch", 0)
+    base = SequenceRecommender.from_pretrained(pretrained_dir).state_dict()
+    assert all(torch.equal(base[k], v) for k, v in pre.state_dict().items())
+    assert scratch.config == pre.config and scratch.vocab == pre.vocab
+    assert not torch.equal(scratch.embeddings.item.weight, pre.embeddings.item.weight)
+    assert torch.equal(b.make("scratch", 1).embeddings.item.weight, b.make("scratch", 1).embeddings.item.weight)
+    with pytest.raises(ConfigError, match="model directory"):
+        Backbones(None, ModelConfig(hidden=16, layers=1, intermediate=32), str(ML / "events.parquet")).make(
+            "pretrained", 0)
+
+
+def test_run_classification_kfold(tmp_path):
+    # MLflow parent / child runs of run_classification are checked in tests/test_ablate.py
+    cfg = FinetuneRunConfig.load(None, TINY + DATA + ["experiment.folds=2", "experiment.epochs=1",
+                                                      "tracking.enabled=false"])
+    res = run_classification(None, "gender", cfg, variants=("scratch",))
+    assert set(res.runs) == {"tfidf_logreg", "scratch"}
+    assert all(len(v) == 2 for v in res.runs.values())
+    assert all(len(c) == 2 for c in res.curves["scratch"])  # before + after epoch 1
+    for m in res.runs["scratch"] + res.runs["tfidf_logreg"]:
+        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["auc"] <= 1.0
+    # TF-IDF bag-of-items carries a real gender signal
+    assert np.mean([m["auc"] for m in res.runs["tfidf_logreg"]]) > 0.55
+    assert "| scratch | 2 |" in res.info["table"] and "auc after 1 ep" in res.info["table"]
+
+
+def test_run_ctr_pretrained_and_scratch(pretrained_dir):
+    cfg = FinetuneRunConfig.load(None, DATA + ["tracking.enabled=false", "experiment.epochs=1",
+                                               "experiment.max_train_samples=600", "experiment.max_val_samples=300",
+                                               "experiment.max_test_samples=600", "experiment.seeds=[0,1]"])
+    res = run_ctr(pretrained_dir, cfg, variants=("pretrained", "scratch"))
+    assert set(res.runs) == {"features_logreg", "pretrained", "scratch"} and res.run_id is None
+    assert all(len(v) == 2 for v in res.runs.values())
+    assert np.mean([m["auc"] for m in res.runs["features_logreg"]]) > 0.6
+    for v in ("pretrained", "scratch"):
+        for m in res.runs[v]:
+            assert math.isfinite(m["log_loss"]) and 0 <= m["auc"] <= 1
+    assert res.info["test"] > 10_000
+
+
+def test_window_longer_than_the_model_is_rejected(pretrained_dir):
+    cfg = FinetuneRunConfig.load(None, DATA + ["tracking.enabled=false", "experiment.max_len=50"])
+    with pytest.raises(ConfigError, match="max_len"):
+        run_classification(pretrained_dir, "age", cfg)
+
+
+def test_cli_finetune(pretrained_dir, capsys):
+    args = ["finetune", "--task", "occupation", "--model-dir", str(pretrained_dir), "--folds", "2", "--epochs", "1",
+            "--no-mlflow"] + [a for s in DATA for a in ("--set", s)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| pretrained | 2 |" in out and "| tfidf_logreg | 2 |" in out and "mlflow: off" in out
+    assert main(["finetune", "--task", "gender", "--no-mlflow"]) == 2
+    assert "--scratch" in capsys.readouterr().err
+    assert main(["finetune", "--task", "gender", "--scratch", "--set", "experiment.folds=1"]) == 2
+    assert "experiment.folds" in capsys.readouterr().err
+
+
+def test_runs_are_reproducible(pretrained_dir):
+    cfg = FinetuneRunConfig.load(None, DATA + ["tracking.enabled=false", "experiment.folds=2", "experiment.epochs=1",
+                                               "experiment.baselines=false"])
+    a = run_classification(pretrained_dir, "gender", cfg)
+    b = run_classification(pretrained_dir, "gender", cfg)
+    assert a.runs == b.runs and list(a.runs) == ["pretrained"]
