@@ -3,7 +3,6 @@ evaluate it by full ranking on the test split of an events file."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -13,7 +12,7 @@ from recbert.errors import CheckpointError
 from recbert.evaluation.ranking import evaluate_ranking
 from recbert.model.recommender import SequenceRecommender
 from recbert.tracking import download_model
-from pipelines.train import RUN_CONFIG_FILE, prepare_data, resolve_device
+from pipelines.train import RUN_CONFIG_FILE, load_run_config, prepare_data, resolve_device
 
 log = logging.getLogger("recbert.pipeline")
 
@@ -31,10 +30,9 @@ def run_evaluation(model_dir: Path, events: Optional[str] = None, split: Optiona
     events it was trained on), split as in training unless ``split`` is given.
     The model's own vocabulary is used: unseen items in the file become UNK."""
     model = SequenceRecommender.from_pretrained(model_dir)
-    run_file = Path(model_dir) / RUN_CONFIG_FILE
-    if not run_file.is_file():
+    config = load_run_config(model_dir)
+    if config is None:
         raise CheckpointError(f"model directory {model_dir} has no {RUN_CONFIG_FILE}")
-    config = RunConfig.from_dict(json.loads(run_file.read_text()))
     if split is not None:
         config.data.split = split
     eval_config = eval_config or config.eval

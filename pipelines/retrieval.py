@@ -3,18 +3,17 @@ top-k recommendations for many users at once."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import pandas as pd
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from recbert.config import RunConfig
 from recbert.data.batches import pad_sequences
 from recbert.data.events import load_events
 from recbert.data.sequences import Sequences, build_sequences
@@ -24,7 +23,7 @@ from recbert.exports.embeddings import export_items, export_users
 from recbert.index import IndexConfig, VectorIndex
 from recbert.io import atomic_path
 from recbert.model.recommender import SequenceRecommender
-from pipelines.train import RUN_CONFIG_FILE
+from pipelines.train import RUN_CONFIG_FILE, load_run_config
 
 log = logging.getLogger("recbert.pipeline")
 
@@ -32,18 +31,13 @@ log = logging.getLogger("recbert.pipeline")
 def user_histories(model: SequenceRecommender, model_dir: Path, events: Optional[str] = None) -> Sequences:
     """Every user's full history from ``events`` (default: the events the model
     was trained on), encoded with the model's own vocabulary."""
-    config = _run_config(model_dir)
+    config = load_run_config(model_dir)
     d = config.data if config else None
     source = events or (d.events if d else None)
     if source is None:
         raise DataError(f"{model_dir} has no {RUN_CONFIG_FILE}: pass the events file")
     cols = (d.user_col, d.item_col, d.time_col) if d and events is None else ("user_id", "item_id", "timestamp")
     return build_sequences(load_events(source, *cols), model.vocab, min_user_events=1)
-
-
-def _run_config(model_dir: Path) -> Optional[RunConfig]:
-    path = Path(model_dir) / RUN_CONFIG_FILE
-    return RunConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
 
 
 def run_export(model_dir: Path, what: str, out: Path, events: Optional[str] = None, normalize: bool = False,
@@ -90,7 +84,7 @@ def run_batch_recommend(model_dir: Path, index_dir: Path, out: Path, k: int = 10
     seqs = user_histories(model, model_dir, events)
     if users is not None:
         wanted = pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy()
-        pos = pd_index(seqs.user_ids).get_indexer(wanted)
+        pos = pd.Index(seqs.user_ids).get_indexer(wanted)
         unknown = int((pos < 0).sum())
         if unknown:
             log.warning("%d of %d requested users have no events and are skipped", unknown, len(wanted))
@@ -130,8 +124,3 @@ def run_batch_recommend(model_dir: Path, index_dir: Path, out: Path, k: int = 10
     log.info("wrote top-%d recommendations for %d users to %s", k, written, out)
     return written
 
-
-def pd_index(values: np.ndarray):
-    import pandas as pd
-
-    return pd.Index(values)

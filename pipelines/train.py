@@ -41,6 +41,12 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def load_run_config(model_dir: str | Path) -> Optional[RunConfig]:
+    """The RunConfig saved beside a model by `recbert train` (None when absent)."""
+    path = Path(model_dir) / RUN_CONFIG_FILE
+    return RunConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -124,11 +124,10 @@ def evaluate(run_id: str | None, model_dir: Path | None, events: str | None, spl
     """Full-ranking test metrics of a trained model (all / unseen / sampled protocols)."""
     from recbert.config import RunConfig
     from pipelines.evaluate import run_evaluation
-    from pipelines.train import format_metrics
+    from pipelines.train import format_metrics, load_run_config
 
     path = _model_dir(model_dir, run_id)
-    run_cfg = RunConfig.from_dict(json.loads((path / "run_config.json").read_text())) \
-        if (path / "run_config.json").is_file() else RunConfig()
+    run_cfg = load_run_config(path) or RunConfig()
     if overrides:
         extra = RunConfig.load(None, list(overrides))
         run_cfg.eval = extra.eval
