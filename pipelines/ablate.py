@@ -11,7 +11,8 @@ Switches (the first value of each list is the base setting):
   fine-tuning (True) or fine-tune a freshly initialised one (False);
 * ``aux``: the auxiliary MLM loss during fine-tuning (``finetune.aux='mlm'`` with
   ``grid.aux_lambda``);
-* ``tower``: the dimension-free residual MLP tower variant of the head ('add' | 'concat').
+* ``tower``: the head's MLP tower: the dimension-free residual blocks f(x) + Wx ('add'), their
+  concatenation variant [f(x); x] ('concat') or a plain MLP without skip paths ('plain' = off).
 
 ``grid.mode='one_at_a_time'`` runs the base variant plus every other value of each switch with
 the rest at base (1 + sum(len - 1) variants); ``'full'`` runs the Cartesian product.
@@ -51,12 +52,12 @@ class AblationGrid:
     task: Literal["gender", "age", "occupation"] = "gender"
     mode: Literal["one_at_a_time", "full"] = "one_at_a_time"
     seeds: list[int] = field(default_factory=lambda: [0])
-    fusion: list[str] = field(default_factory=lambda: ["last", "mean"])
+    fusion: list[str] = field(default_factory=lambda: ["last", "learned", "mean"])
     reuse_block: list[str] = field(default_factory=lambda: ["none", "gru"])
     residual_attention: list[bool] = field(default_factory=lambda: [False, True])
     pretrained: list[bool] = field(default_factory=lambda: [True, False])
     aux: list[bool] = field(default_factory=lambda: [False, True])
-    tower: list[str] = field(default_factory=lambda: ["add", "concat"])
+    tower: list[str] = field(default_factory=lambda: ["add", "plain", "concat"])
     pretrain_epochs: int = 5
     aux_lambda: float = 0.2
     max_variants: Optional[int] = None  # keep only the first N variants (quick checks)

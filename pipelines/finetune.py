@@ -314,8 +314,10 @@ def tfidf_baseline(task: UserTask, train_idx: np.ndarray, test_idx: np.ndarray, 
 
 def run_classification(model_dir: Optional[str | Path], task: str, config: FinetuneRunConfig,
                        variants: Sequence[str] = ("pretrained",), parent_run_id: Optional[str] = None,
-                       run_name: Optional[str] = None) -> ExperimentResult:
-    """K-fold user classification (see the module docstring)."""
+                       run_name: Optional[str] = None, save_dir: Optional[str | Path] = None) -> ExperimentResult:
+    """K-fold user classification (see the module docstring). With ``save_dir``, one more
+    model of the first variant is fine-tuned on every user (a stratified validation slice
+    for early stopping) and saved there with its task, classes and the CV metrics."""
     from sklearn.model_selection import StratifiedKFold, train_test_split
 
     if task not in USER_TASKS:
@@ -381,9 +383,38 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
                     log.info("%s %s seed %d fold %d: %s", task, variant, seed, fold,
                              {k: round(v, 4) for k, v in m.items()})
         result.run_id = parent.run_id
-        result.seconds = time.perf_counter() - started
         _log_summary(parent, result, CLASSIFICATION_METRICS, "auc" if data.binary else "accuracy")
+        if save_dir is not None:
+            seed = exp.seeds[0]
+            idx = np.arange(len(data))
+            try:
+                train, val = train_test_split(idx, test_size=exp.val_fraction, random_state=seed, stratify=data.labels)
+            except ValueError:
+                train, val = train_test_split(idx, test_size=exp.val_fraction, random_state=seed)
+            model = SequenceClassifier(backbones.make(variants[0], seed), head_cfg)
+
+            def final_val(m: SequenceClassifier) -> float:
+                logits = _predict(m, [data.rows[val]], exp.eval_batch_size)
+                p = 1 / (1 + np.exp(-logits)) if data.binary else _softmax(logits)
+                return classification_metrics(data.labels[val], p, data.n_classes)["log_loss"]
+
+            res = finetune(model, _batches([data.rows[train], labels_t[train]], exp.batch_size, seed), final_val,
+                           dataclasses.replace(config.finetune, seed=seed), exp.epochs, higher_is_better=False,
+                           device="cpu")
+            cv = {k: round(v[0], 6) for k, v in result.summary()[variants[0]].items() if math.isfinite(v[0])}
+            model.metadata = {"task": task, "classes": list(data.classes), "window": int(data.rows.shape[1]),
+                              "variant": variants[0], "source_model_dir": str(model_dir) if model_dir else None,
+                              "cv_metrics": cv, "val_log_loss": round(res.best_metric, 6),
+                              "mlflow_run_id": parent.run_id}
+            _save(model, save_dir, parent)
+        result.seconds = time.perf_counter() - started
     return result
+
+
+def _save(model: Any, save_dir: str | Path, tracker: Tracker) -> None:
+    model.save_pretrained(save_dir)
+    log.info("saved the fine-tuned %s head to %s", model.kind, save_dir)
+    tracker.log_artifacts(save_dir, "head_model")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -434,8 +465,11 @@ def feature_baseline(train: CTRSplit, test: CTRSplit, seed: int) -> np.ndarray:
 
 
 def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants: Sequence[str] = ("pretrained",),
-            parent_run_id: Optional[str] = None, run_name: Optional[str] = None) -> ExperimentResult:
-    """CTR fine-tuning on the per-user time split (see the module docstring)."""
+            parent_run_id: Optional[str] = None, run_name: Optional[str] = None,
+            save_dir: Optional[str | Path] = None) -> ExperimentResult:
+    """CTR fine-tuning on the per-user time split (see the module docstring). With
+    ``save_dir``, the first variant's model of the first seed (early-stopped on the
+    validation split) is saved there with its test metrics."""
     started = time.perf_counter()
     _setup(config)
     exp = config.experiment
@@ -484,6 +518,13 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
                 _child(config.tracking, parent.run_id, f"{variant} s{seed}", {"seed": seed, "variant": variant},
                        m, curve, res.history)
                 log.info("ctr %s seed %d: %s", variant, seed, {k: round(v, 4) for k, v in m.items()})
+                if save_dir is not None and seed == exp.seeds[0] and variant == variants[0]:
+                    model.metadata = {"task": "ctr", "window": int(train.rows.shape[1]), "variant": variant,
+                                      "seed": seed, "threshold": exp.rating_threshold,
+                                      "source_model_dir": str(model_dir) if model_dir else None,
+                                      "test_metrics": {k: round(v, 6) for k, v in m.items() if math.isfinite(v)},
+                                      "mlflow_run_id": parent.run_id}
+                    _save(model, save_dir, parent)
         result.run_id = parent.run_id
         result.seconds = time.perf_counter() - started
         _log_summary(parent, result, CTR_METRICS, "auc")
@@ -492,10 +533,10 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
 
 def run_task(model_dir: Optional[str | Path], task: str, config: FinetuneRunConfig,
              variants: Sequence[str] = ("pretrained",), parent_run_id: Optional[str] = None,
-             run_name: Optional[str] = None) -> ExperimentResult:
+             run_name: Optional[str] = None, save_dir: Optional[str | Path] = None) -> ExperimentResult:
     if task == "ctr":
-        return run_ctr(model_dir, config, variants, parent_run_id, run_name)
-    return run_classification(model_dir, task, config, variants, parent_run_id, run_name)
+        return run_ctr(model_dir, config, variants, parent_run_id, run_name, save_dir)
+    return run_classification(model_dir, task, config, variants, parent_run_id, run_name, save_dir)
 
 
 def metric_names(task: str) -> tuple[str, ...]:

@@ -230,7 +230,11 @@ def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, kee
 @config_option
 @set_option
 @click.option("--no-mlflow", is_flag=True, help="Do not track the runs in MLflow.")
-def finetune_cmd(task, run_id, model_dir, scratch, compare, folds, epochs, config, overrides, no_mlflow) -> None:
+@click.option("--save-model", type=click.Path(path_type=Path),
+              help="Also save a fine-tuned head (first variant) to this directory, for `recbert predict`: "
+                   "classification: refit on all users; ctr: the first seed's model.")
+def finetune_cmd(task, run_id, model_dir, scratch, compare, folds, epochs, config, overrides, no_mlflow,
+                 save_model) -> None:
     """Fine-tune a head on a MovieLens-100K task (user gender / age / occupation or CTR) and
     compare it with a scikit-learn baseline. Keys: experiment.*, model.* (scratch without a
     model), head.*, ctr.*, finetune.*, tracking.*."""
@@ -252,10 +256,31 @@ def finetune_cmd(task, run_id, model_dir, scratch, compare, folds, epochs, confi
     elif not scratch:
         raise RecbertError("give a pretrained model (--model-dir or --run-id), or --scratch")
     variants = ("pretrained", "scratch") if compare else ("scratch",) if scratch else ("pretrained",)
-    result = run_task(path, task, cfg, variants)
+    result = run_task(path, task, cfg, variants, save_dir=save_model)
     click.echo(result.info.get("table") or result.table(metric_names(task)))
+    if save_model is not None:
+        click.echo(f"head model: {save_model}")
     click.echo(f"mlflow run id: {result.run_id}" if result.run_id else "mlflow: off")
     click.echo(f"wall time: {result.seconds:.1f}s")
+
+
+@cli.command("predict")
+@click.option("--model", "head_dir", type=click.Path(path_type=Path), required=True,
+              help="A fine-tuned head directory (recbert finetune --save-model, or save_pretrained).")
+@click.option("--events", required=True, help="Events parquet with the users' histories "
+              "(user_id, item_id, timestamp).")
+@click.option("--users", type=click.Path(path_type=Path), help="Classifier: parquet with a user_id column "
+              "(default: every user of --events).")
+@click.option("--pairs", type=click.Path(path_type=Path), help="CTR model: parquet of (user_id, item_id) candidates.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output parquet.")
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+def predict_cmd(head_dir, events, users, pairs, out, batch_size) -> None:
+    """Score users with a fine-tuned head: class predictions per user (classifier) or click
+    probabilities per (user, item) pair (CTR)."""
+    from pipelines.predict import run_predict
+
+    n = run_predict(head_dir, events, out, users=users, pairs=pairs, batch_size=batch_size)
+    click.echo(f"wrote {n} rows to {out}")
 
 
 @cli.command("ablate")

@@ -26,11 +26,12 @@ def test_default_grid_is_one_switch_at_a_time():
     base = variants[0]
     assert base == {"fusion": "last", "reuse_block": "none", "residual_attention": False, "pretrained": True,
                     "aux": False, "tower": "add"}
-    assert len(variants) == 7
+    assert len(variants) == 9
     names = [variant_name(v, base) for v in variants]
     assert names[0] == "base" and "pretrained=False" in names and "tower=concat" in names
+    assert "tower=plain" in names and "fusion=learned" in names
     assert all(sum(v[k] != base[k] for k in base) == 1 for v in variants[1:])
-    assert len(AblationGrid(mode="full").variants()) == 64
+    assert len(AblationGrid(mode="full").variants()) == 3 * 2 * 2 * 2 * 2 * 3
     assert len(AblationGrid(max_variants=2).variants()) == 2
 
 

@@ -1,5 +1,6 @@
 """Task heads on a pretrained sequence encoder: classification, CTR, fine-tuning."""
 
+from recbert.heads.base import EncoderHeadModel, load_head
 from recbert.heads.classification import HeadConfig, SequenceClassifier, check_labels
 from recbert.heads.ctr import CTRConfig, CTRHead, CTRModel
 from recbert.heads.finetune import (
@@ -14,7 +15,7 @@ from recbert.heads.finetune import (
 from recbert.heads.losses import binary_focal_loss, multiclass_focal_loss
 
 __all__ = [
-    "CTRConfig", "CTRHead", "CTRModel", "FinetuneConfig", "FinetuneResult", "HeadConfig",
+    "CTRConfig", "CTRHead", "CTRModel", "EncoderHeadModel", "FinetuneConfig", "FinetuneResult", "HeadConfig",
     "SequenceClassifier", "apply_freeze", "binary_focal_loss", "check_compatible", "check_labels",
-    "finetune", "load_encoder", "multiclass_focal_loss", "param_groups",
+    "finetune", "load_encoder", "load_head", "multiclass_focal_loss", "param_groups",
 ]

@@ -40,7 +40,7 @@ class HeadConfig:
     pool_heads: int = 2  # for 'lstm_attention'
     hidden_dims: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
-    variant: Literal["add", "concat"] = "add"
+    variant: Literal["add", "concat", "plain"] = "add"  # "plain": no skip path (ablation)
     loss: Literal["ce", "focal"] = "ce"
     focal_gamma: float = 2.0
     focal_alpha: Optional[float] = None
@@ -145,6 +145,9 @@ def check_labels(labels: Tensor, cfg: HeadConfig) -> Tensor:
 class SequenceClassifier(EncoderHeadModel):
     """``forward(input_ids [B, L]) -> logits`` (``[B, n_classes]``; binary: ``[B]``)."""
 
+    kind = "classifier"
+    config_class = HeadConfig
+
     def __init__(self, backbone: SequenceRecommender, cfg: HeadConfig, keep_scorer: bool = True):
         super().__init__(backbone, keep_scorer=keep_scorer)
         self.head_config = cfg
@@ -154,10 +157,14 @@ class SequenceClassifier(EncoderHeadModel):
         self.register_buffer("class_weights", weights, persistent=False)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, cfg: HeadConfig, expect_n_tokens: Optional[int] = None,
-                        expect_hidden: Optional[int] = None, keep_scorer: bool = True) -> "SequenceClassifier":
-        """A classifier on the encoder saved in ``model_dir`` (checked against the expected
-        vocabulary size / width when given). Returned in train mode."""
+    def from_pretrained(cls, model_dir: str | Path, cfg: Optional[HeadConfig] = None,
+                        expect_n_tokens: Optional[int] = None, expect_hidden: Optional[int] = None,
+                        keep_scorer: bool = True) -> "SequenceClassifier":
+        """With ``cfg``: a new classifier on the encoder saved in ``model_dir`` (checked
+        against the expected vocabulary size / width when given), in train mode. Without:
+        the fine-tuned classifier saved there by ``save_pretrained``, in eval mode."""
+        if cfg is None:
+            return cls._load_saved(model_dir)
         from recbert.heads.finetune import check_compatible, load_encoder
 
         backbone = load_encoder(model_dir)

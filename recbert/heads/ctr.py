@@ -33,7 +33,7 @@ class CTRConfig:
     pool_heads: int = 2
     hidden_dims: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
-    variant: Literal["add", "concat"] = "add"
+    variant: Literal["add", "concat", "plain"] = "add"  # "plain": no skip path (ablation)
     n_context: int = 0  # width of the dense context features (0 = none)
     use_product: bool = True
     loss: Literal["bce", "focal"] = "bce"
@@ -69,6 +69,9 @@ class CTRConfig:
 class CTRModel(EncoderHeadModel):
     """``forward(history [B, L], candidates [B], context [B, C] | None) -> logits [B]``."""
 
+    kind = "ctr"
+    config_class = CTRConfig
+
     def __init__(self, backbone: SequenceRecommender, cfg: Optional[CTRConfig] = None, keep_scorer: bool = True):
         super().__init__(backbone, keep_scorer=keep_scorer)
         cfg = cfg if cfg is not None else CTRConfig()
@@ -84,6 +87,13 @@ class CTRModel(EncoderHeadModel):
     def from_pretrained(cls, model_dir: str | Path, cfg: Optional[CTRConfig] = None,
                         expect_n_tokens: Optional[int] = None, expect_hidden: Optional[int] = None,
                         keep_scorer: bool = True) -> "CTRModel":
+        """With ``cfg``: a new CTR head on the encoder saved in ``model_dir`` (train mode).
+        Without: the fine-tuned CTR model saved there by ``save_pretrained`` when the
+        directory holds one (eval mode), else a new default head on the encoder."""
+        from recbert.heads.base import HEAD_CONFIG_FILE
+
+        if cfg is None and (Path(model_dir) / HEAD_CONFIG_FILE).is_file():
+            return cls._load_saved(model_dir)
         from recbert.heads.finetune import check_compatible, load_encoder
 
         backbone = load_encoder(model_dir)

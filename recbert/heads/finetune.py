@@ -31,9 +31,10 @@ from recbert.config import build_section
 from recbert.data.batches import mask_tokens
 from recbert.data.vocab import ItemVocab
 from recbert.errors import CheckpointError, ConfigError
-from recbert.heads.base import BACKBONE_PARTS
+from recbert.heads.base import BACKBONE_PARTS, backbone_part
 from recbert.model.recommender import SequenceRecommender
 from recbert.training.losses import full_softmax_loss, gather_targets
+from recbert.training.optim import lr_schedule
 
 Freeze = Literal["none", "all", "embeddings", "partial"]
 _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
@@ -43,7 +44,7 @@ _LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
 class FinetuneConfig:
     freeze: Freeze = "none"
     trainable_layers: int = 1  # 'partial': how many top encoder layers train
-    encoder_lr: float = 1e-4
+    encoder_lr: float = 1e-3  # small recommender encoders: 1e-4 left them under-trained (BENCHMARKS.md)
     head_lr: float = 1e-3
     layer_decay: float = 1.0  # 1.0 = the same lr for every encoder layer
     weight_decay: float = 0.01
@@ -52,6 +53,8 @@ class FinetuneConfig:
     mask_prob: float = 0.2  # MLM auxiliary masking
     last_item_mask_prob: float = 0.1
     grad_clip: float = 1.0  # 0 = off
+    warmup_ratio: float = 0.1  # share of all steps with a linear warm-up
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after the warm-up
     patience: int = 3  # evaluations without improvement before stopping
     seed: int = 0
 
@@ -83,6 +86,11 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.last_item_mask_prob must be in [0, 1], got {self.last_item_mask_prob}")
         if self.grad_clip < 0:
             raise ConfigError(f"finetune.grad_clip must be >= 0, got {self.grad_clip}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError(f"finetune.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise ConfigError(f"finetune.schedule must be one of ['linear', 'cosine', 'constant'], "
+                              f"got {self.schedule!r}")
         if self.patience < 1:
             raise ConfigError(f"finetune.patience must be >= 1, got {self.patience}")
 
@@ -140,7 +148,9 @@ def _n_layers(model: nn.Module) -> int:
 
 def layer_depth(name: str, n_layers: int) -> Optional[int]:
     """0 for embeddings, i + 1 for encoder layer i, ``n_layers`` for the parts above the
-    last layer (final norm, fusion, reuse, scorer); None for head parameters."""
+    last layer (final norm, fusion, reuse, scorer); None for head parameters. Names are a
+    head model's (``backbone.encoder.layers.0...``) or a bare recommender's (``encoder...``)."""
+    name = backbone_part(name) or name
     part = name.split(".", 1)[0]
     if part not in BACKBONE_PARTS:
         return None
@@ -199,6 +209,19 @@ def param_groups(model: nn.Module, cfg: FinetuneConfig) -> list[dict]:
     return out
 
 
+def set_train_modes(model: nn.Module, training: bool = True) -> nn.Module:
+    """``model.train(training)``, then every submodule whose parameters are all frozen is
+    put in eval mode, so frozen parts run deterministically (no dropout) while the
+    trainable parts train. Returns ``model``."""
+    model.train(training)
+    if training:
+        for _, module in model.named_modules():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+    return model
+
+
 def make_optimizer(model: nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
     if not groups:
@@ -252,13 +275,17 @@ def finetune(
     device: str | torch.device | None = None,
     max_minutes: Optional[float] = None,
     log: Optional[Callable[[dict], None]] = None,
+    steps_per_epoch: Optional[int] = None,
 ) -> FinetuneResult:
     """Train ``model`` (a head model with ``forward(*inputs)`` and ``loss(logits, labels)``).
 
     ``train_batches_fn(epoch)`` yields tuples ``(*inputs, labels)`` whose first input is the
     history rows; ``val_fn(model)`` returns the selection metric (called in eval mode).
-    Freezing is applied from ``cfg``; the best weights (by the metric) are restored at the
-    end. Labels are validated by the head's ``loss`` on every step.
+    Freezing is applied from ``cfg`` and frozen parts run in eval mode (no dropout); the
+    learning rates follow ``cfg.warmup_ratio`` / ``cfg.schedule`` over ``epochs *
+    steps_per_epoch`` steps (counted from epoch 0's batches when not given); the best
+    weights (by the metric) are restored at the end. Labels are validated by the head's
+    ``loss`` on every step.
     """
     if epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {epochs}")
@@ -266,6 +293,9 @@ def finetune(
     model.to(dev)
     apply_freeze(model, cfg)
     opt = make_optimizer(model, cfg)
+    if steps_per_epoch is None:
+        steps_per_epoch = sum(1 for _ in train_batches_fn(0)) if epochs else 0
+    sched = lr_schedule(opt, max(1, epochs * steps_per_epoch), cfg.warmup_ratio, cfg.schedule)
     gen = torch.Generator().manual_seed(cfg.seed)
     lam = cfg.aux_lambda if cfg.aux == "mlm" else 0.0
     sign = 1.0 if higher_is_better else -1.0
@@ -274,7 +304,7 @@ def finetune(
         model.eval()
         with torch.no_grad():
             value = float(val_fn(model))
-        model.train()
+        set_train_modes(model)
         return value
 
     best = evaluate()
@@ -284,7 +314,7 @@ def finetune(
     start = time.monotonic()
     epoch = -1
     for epoch in range(epochs):
-        model.train()
+        set_train_modes(model)
         sums = {"loss": 0.0, "head_loss": 0.0, "aux_loss": 0.0}
         steps = 0
         for batch in train_batches_fn(epoch):
@@ -302,12 +332,14 @@ def finetune(
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
             opt.step()
+            sched.step()
             sums["loss"] += float(loss.detach())
             sums["head_loss"] += float(head_loss.detach())
             sums["aux_loss"] += float(aux.detach()) if aux is not None else 0.0
             steps += 1
         metric = evaluate()
-        row = {"epoch": epoch, **{k: v / max(steps, 1) for k, v in sums.items()}, "metric": metric, "steps": steps}
+        row = {"epoch": epoch, **{k: v / max(steps, 1) for k, v in sums.items()}, "metric": metric, "steps": steps,
+               "lr": opt.param_groups[-1]["lr"]}
         history.append(row)
         if log is not None:
             log(row)

@@ -16,7 +16,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
-VARIANTS = ("add", "concat")
+VARIANTS = ("add", "concat", "plain")
 
 
 def make_activation(name: str) -> nn.Module:
@@ -27,11 +27,12 @@ def make_activation(name: str) -> nn.Module:
 
 
 class ResidualBlock(nn.Module):
-    """variant 'add': F(x) = f(x) + W x  -> out_dim;  'concat': [f(x); x] -> out_dim + in_dim.
+    """variant 'add': F(x) = f(x) + W x  -> out_dim;  'concat': [f(x); x] -> out_dim + in_dim;
+    'plain': F(x) = f(x) (no skip path: the ablation baseline of the residual block).
 
     f = Linear(in, out) -> activation -> Dropout -> Linear(out, out). ``shortcut`` (W) is
     nn.Identity (no parameters) when in_dim == out_dim, else Linear(in, out, bias=False);
-    the concat variant has no shortcut (None).
+    the concat and plain variants have no shortcut (None).
     """
 
     def __init__(
@@ -59,12 +60,16 @@ class ResidualBlock(nn.Module):
                 nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim, bias=False)
             )
             self.out_dim = out_dim
-        else:
+        elif variant == "concat":
             self.out_dim = out_dim + in_dim
+        else:
+            self.out_dim = out_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.shortcut is None:
+        if self.variant == "concat":
             return torch.cat([self.f(x), x], dim=-1)
+        if self.variant == "plain":
+            return self.f(x)
         return self.f(x) + self.shortcut(x)
 
 

@@ -158,7 +158,8 @@ class SequenceRecommender(nn.Module):
     # -- persistence -------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, vocab: Optional[ItemVocab] = None,
                         extra: Optional[dict] = None) -> Path:
-        """Write config, weights (safetensors) and vocabulary; atomic."""
+        """Write config, weights (safetensors) and vocabulary, plus ``extra`` files
+        (name -> str or bytes) in the same directory; atomic."""
         vocab = vocab if vocab is not None else self.vocab
         if vocab is None:
             raise CheckpointError("save_pretrained needs the vocabulary (pass vocab= or set model.vocab)")
@@ -171,7 +172,10 @@ class SequenceRecommender(nn.Module):
             save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "recbert": "1"})
             vocab.save(tmp / VOCAB_FILE)
             for name, payload in (extra or {}).items():
-                (tmp / name).write_text(payload)
+                if isinstance(payload, bytes):
+                    (tmp / name).write_bytes(payload)
+                else:
+                    (tmp / name).write_text(payload)
         return Path(directory)
 
     @classmethod

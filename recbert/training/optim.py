@@ -27,15 +27,24 @@ def make_schedule(optimizer: torch.optim.Optimizer, stage: StageConfig, total_st
                   ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_ratio`` of the steps, then linear or cosine
     decay to zero at ``total_steps``, or a constant rate."""
-    warmup = int(stage.warmup_ratio * total_steps)
+    return lr_schedule(optimizer, total_steps, stage.warmup_ratio, stage.schedule)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, schedule: str
+                ) -> torch.optim.lr_scheduler.LambdaLR:
+    """The schedule of :func:`make_schedule` from its two settings; it scales every
+    parameter group's own learning rate by the same factor."""
+    if schedule not in ("linear", "cosine", "constant"):
+        raise ValueError(f"schedule must be 'linear', 'cosine' or 'constant', got {schedule!r}")
+    warmup = int(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if stage.schedule == "constant":
+        if schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if stage.schedule == "cosine":
+        if schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return max(0.0, 1.0 - progress)
 

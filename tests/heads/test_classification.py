@@ -109,7 +109,7 @@ def test_shapes_probabilities_and_gradient_flow(task, n_classes, shape, pooling)
     labels = {"multiclass": torch.tensor([0, 1, 2, 3, 0]), "multilabel": torch.ones(5, 3),
               "binary": torch.tensor([0, 1, 1, 0, 1])}[task]
     clf.loss(logits, labels).backward()
-    for name in ("embeddings.item.weight", "encoder.layers.0.attention.qkv.weight", "tower.out.weight"):
+    for name in ("backbone.embeddings.item.weight", "backbone.encoder.layers.0.attention.qkv.weight", "tower.out.weight"):
         grad = dict(clf.named_parameters())[name].grad
         assert grad is not None and grad.abs().sum() > 0, name
     p = clf.predict_proba(x)

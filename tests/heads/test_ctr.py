@@ -47,7 +47,7 @@ def test_shapes_gradients_and_context_features():
     assert logits.shape == (6,)
     model.loss(logits, y).backward()
     params = dict(model.named_parameters())
-    for name in ("embeddings.item.weight", "encoder.layers.0.attention.qkv.weight", "project.weight", "tower.out.weight"):
+    for name in ("backbone.embeddings.item.weight", "backbone.encoder.layers.0.attention.qkv.weight", "project.weight", "tower.out.weight"):
         assert params[name].grad is not None and params[name].grad.abs().sum() > 0, name
     assert ctx.grad is not None and ctx.grad.abs().sum() > 0
     p = model.predict_proba(x, c, ctx)

@@ -10,7 +10,7 @@ from recbert.heads.base import rows_from_tokens
 from recbert.heads.classification import HeadConfig, SequenceClassifier
 from recbert.heads.ctr import CTRModel
 from recbert.heads.finetune import (FinetuneConfig, apply_freeze, check_compatible, finetune, layer_depth,
-                                    load_encoder, make_optimizer, mlm_aux_loss, param_groups)
+                                    load_encoder, make_optimizer, mlm_aux_loss, param_groups, set_train_modes)
 from recbert.model.recommender import SequenceRecommender
 from recbert.training.losses import full_softmax_loss, gather_targets
 
@@ -19,8 +19,8 @@ N_ITEMS = 20
 
 def backbone(seed=0, layers=3, **kw):
     vocab = ItemVocab(np.arange(100, 100 + N_ITEMS))
-    cfg = ModelConfig(hidden=16, layers=layers, heads=2, intermediate=32, max_len=8, dropout=0.0,
-                      attention_dropout=0.0, n_tokens=len(vocab), **kw)
+    cfg = ModelConfig(**{"hidden": 16, "layers": layers, "heads": 2, "intermediate": 32, "max_len": 8,
+                         "dropout": 0.0, "attention_dropout": 0.0, "n_tokens": len(vocab), **kw})
     torch.manual_seed(seed)
     model = SequenceRecommender(cfg)
     model.vocab = vocab
@@ -46,9 +46,10 @@ def test_freeze_options_leave_exactly_the_intended_parameters_trainable():
     model = head(fusion="learned")
     names = {n for n, _ in model.named_parameters()}
     head_names = {n for n in names if n.startswith(("tower.", "pooling."))}
-    emb = {n for n in names if n.startswith("embeddings.")}
-    layer = {i: {n for n in names if n.startswith(f"encoder.layers.{i}.")} for i in range(3)}
-    top = {n for n in names if n.startswith(("encoder.final_norm.", "fusion.", "reuse.", "scorer."))}
+    emb = {n for n in names if n.startswith("backbone.embeddings.")}
+    layer = {i: {n for n in names if n.startswith(f"backbone.encoder.layers.{i}.")} for i in range(3)}
+    top = {n for n in names if n.startswith(tuple(f"backbone.{p}." for p in ("encoder.final_norm", "fusion",
+                                                                             "reuse", "scorer")))}
     assert emb and all(layer.values()) and top and head_names
     assert emb | layer[0] | layer[1] | layer[2] | top | head_names == names
 
@@ -80,7 +81,41 @@ def test_frozen_parameters_do_not_change_in_training():
         changed = not torch.equal(before[n], p.detach())
         if not p.requires_grad:
             assert not changed, n
-    assert not torch.equal(before["encoder.layers.2.ffn.0.weight"], model.encoder.layers[2].ffn[0].weight)
+    assert not torch.equal(before["backbone.encoder.layers.2.ffn.0.weight"], model.encoder.layers[2].ffn[0].weight)
+
+
+def test_frozen_parts_run_in_eval_mode_while_the_rest_trains():
+    model = SequenceClassifier(backbone(dropout=0.5), HeadConfig(task="binary", dropout=0.5))
+    x, _ = parity_task(np.random.default_rng(0), 16)
+    apply_freeze(model, FinetuneConfig(freeze="all"))
+    set_train_modes(model)
+    assert model.training and model.tower.training
+    assert not model.backbone.encoder.training and not model.backbone.embeddings.training
+    with torch.no_grad():  # the frozen encoder is deterministic, the head's dropout is not
+        a, b = model.encode(x).sequence_output, model.encode(x).sequence_output
+        assert torch.equal(a, b)
+        assert not torch.equal(model(x), model(x))
+    apply_freeze(model, FinetuneConfig(freeze="partial", trainable_layers=1))
+    set_train_modes(model)
+    assert model.backbone.encoder.training and model.backbone.encoder.layers[2].training
+    assert not model.backbone.encoder.layers[0].training and not model.backbone.embeddings.training
+    set_train_modes(model, False)
+    assert not any(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("schedule,last", [("linear", 0.0), ("constant", 1.0)])
+def test_finetune_follows_the_warmup_and_decay_schedule(schedule, last):
+    model = head(layers=1)
+    x, y = parity_task(np.random.default_rng(0), 64)
+    batches = lambda e: [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]  # noqa: E731
+    cfg = FinetuneConfig(head_lr=1e-2, warmup_ratio=0.25, schedule=schedule, patience=10)
+    rows = []
+    finetune(model, batches, lambda m: float(len(rows)), cfg, epochs=4, log=rows.append)
+    lrs = [r["lr"] for r in rows]  # the head group's rate after each epoch (4 steps each)
+    assert lrs[0] == pytest.approx(1e-2)  # warm-up (4 of 16 steps) just ended
+    assert lrs[-1] == pytest.approx(1e-2 * last)
+    if schedule == "linear":
+        assert lrs == sorted(lrs, reverse=True)
 
 
 # -- parameter groups ---------------------------------------------------------------------------
@@ -98,7 +133,9 @@ def test_layer_wise_decay_gives_increasing_lrs_toward_the_top():
     # every trainable parameter in exactly one group
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
-    assert layer_depth("encoder.final_norm.weight", 3) == 3 and layer_depth("tower.out.bias", 3) is None
+    assert layer_depth("backbone.encoder.final_norm.weight", 3) == 3 and layer_depth("tower.out.bias", 3) is None
+    assert layer_depth("backbone.encoder.layers.1.ffn.0.weight", 3) == 2
+    assert layer_depth("encoder.layers.1.ffn.0.weight", 3) == 2  # a bare recommender's names
     apply_freeze(model, FinetuneConfig(freeze="all"))
     assert {g["name"] for g in param_groups(model, cfg)} == {"head", "head_no_decay"}
 
@@ -182,6 +219,7 @@ def test_load_encoder_and_compatibility_errors(tmp_path):
     ({"encoder_lr": 0.0}, "finetune.encoder_lr"), ({"layer_decay": 1.5}, "finetune.layer_decay"),
     ({"aux": "mlm", "aux_lambda": 1.0}, "finetune.aux_lambda"), ({"aux_lambda": 0.5}, "finetune.aux_lambda"),
     ({"aux": "mlm", "freeze": "all"}, "finetune.aux"), ({"weight_decay": -1.0}, "finetune.weight_decay"),
+    ({"schedule": "step"}, "finetune.schedule"), ({"warmup_ratio": 1.0}, "finetune.warmup_ratio"),
 ])
 def test_bad_finetune_config_names_the_field(kwargs, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

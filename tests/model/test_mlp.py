@@ -48,13 +48,24 @@ def test_concat_variant(in_dim: int, out_dim: int) -> None:
     assert torch.equal(out[:, :out_dim], block.f(x))
 
 
+@pytest.mark.parametrize(("in_dim", "out_dim"), [(16, 16), (16, 8)])
+def test_plain_variant_has_no_skip_path(in_dim: int, out_dim: int) -> None:
+    block = ResidualBlock(in_dim, out_dim, dropout=0.0, variant="plain").eval()
+    x = x_batch(in_dim)
+    assert block.shortcut is None and block.out_dim == out_dim
+    assert torch.equal(block(x), block.f(x))
+    add = ResidualBlock(in_dim, out_dim, dropout=0.0, variant="add").eval()
+    add.f.load_state_dict(block.f.state_dict())
+    assert not torch.allclose(add(x), block(x))  # the skip path is what differs
+
+
 def test_block_handles_leading_dims_and_activation() -> None:
     block = ResidualBlock(8, 12, activation="relu")
     assert isinstance(block.f[1], nn.ReLU)
     assert block(torch.randn(2, 5, 8)).shape == (2, 5, 12)
 
 
-@pytest.mark.parametrize("variant", ["add", "concat"])
+@pytest.mark.parametrize("variant", ["add", "concat", "plain"])
 @pytest.mark.parametrize("final_activation", [False, True])
 def test_mlp_shape_and_widths(variant: str, final_activation: bool) -> None:
     mlp = ResidualMLP(
@@ -63,7 +74,7 @@ def test_mlp_shape_and_widths(variant: str, final_activation: bool) -> None:
     assert mlp.out_dim == 5
     assert mlp(x_batch(16)).shape == (4, 5)
     widths = [b.out_dim for b in mlp.blocks]
-    assert widths == ([32, 32, 8] if variant == "add" else [48, 80, 88])
+    assert widths == ([48, 80, 88] if variant == "concat" else [32, 32, 8])
     assert mlp.out.in_features == widths[-1]
 
 
@@ -75,7 +86,7 @@ def test_mlp_final_activation() -> None:
     assert ResidualMLP(8, [], 3)(torch.randn(2, 8)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("variant", ["add", "concat"])
+@pytest.mark.parametrize("variant", ["add", "concat", "plain"])
 def test_gradients_flow(variant: str) -> None:
     torch.manual_seed(0)
     mlp = ResidualMLP(16, [16, 24], 4, dropout=0.0, variant=variant)

@@ -1,0 +1,161 @@
+"""Score users with a saved fine-tuned head (``recbert predict``).
+
+* classifier heads: one row per user with ``user_id``, ``prediction`` (the class name saved
+  in the head's metadata, else the class index), ``probability`` (of that class) and
+  ``proba`` (all class probabilities; binary heads: [P(class 0), P(class 1)]);
+* CTR heads: one row per (user, candidate) pair of ``pairs`` with ``user_id``, ``item_id``,
+  ``click_proba``; the history is the user's events in time order (the newest ``window``).
+
+Histories come from an events parquet; users without events are reported and skipped;
+candidate items unknown to the model's vocabulary are scored through [UNK] and counted.
+The output is streamed in batches and written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from recbert.data.batches import pad_sequences
+from recbert.data.events import load_events
+from recbert.data.sequences import Sequences, build_sequences
+from recbert.data.vocab import UNK
+from recbert.errors import DataError
+from recbert.heads import CTRModel, SequenceClassifier, load_head
+from recbert.io import atomic_path
+
+log = logging.getLogger("recbert.predict")
+
+
+def _ids(values: np.ndarray) -> pa.Array:
+    return pa.array(values.tolist() if values.dtype == object else values)
+
+
+def _read_column_table(path: Path, columns: list[str]) -> pl.DataFrame:
+    if not Path(path).is_file():
+        raise DataError(f"{path} does not exist")
+    names = pq.read_schema(path).names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {missing} (columns: {names})")
+    df = pl.read_parquet(path, columns=columns)
+    for c in columns:
+        nulls = df[c].null_count()
+        if nulls:
+            raise DataError(f"{path}: column {c!r} has {nulls} null value(s)")
+    if df.height == 0:
+        raise DataError(f"{path} has no rows")
+    return df
+
+
+def _positions(seqs: Sequences, wanted: np.ndarray, what: str) -> np.ndarray:
+    pos = pd.Index(seqs.user_ids).get_indexer(wanted)
+    unknown = int((pos < 0).sum())
+    if unknown:
+        sample = [str(u) for u in wanted[pos < 0][:5]]
+        log.warning("%d of %d %s have no events and are skipped (e.g. %s)", unknown, len(wanted), what, sample)
+    return pos
+
+
+@torch.no_grad()
+def run_predict(head_dir: Path, events: str, out: Path, users: Optional[Path] = None,
+                pairs: Optional[Path] = None, batch_size: int = 1024,
+                columns: tuple[str, str, str] = ("user_id", "item_id", "timestamp")) -> int:
+    """Write predictions of the head saved in ``head_dir``; returns the number of rows."""
+    model = load_head(head_dir)
+    if batch_size < 1:
+        raise DataError(f"batch size must be >= 1, got {batch_size}")
+    window = int(model.metadata.get("window") or model.model_config.max_len)
+    seqs = build_sequences(load_events(events, *columns), model.vocab, min_user_events=1)
+    if isinstance(model, SequenceClassifier):
+        if pairs is not None:
+            raise DataError(f"{head_dir} holds a classifier: it takes --users (or all users), not --pairs")
+        return _predict_classes(model, seqs, users, out, window, batch_size)
+    if isinstance(model, CTRModel):
+        if pairs is None:
+            raise DataError(f"{head_dir} holds a CTR model: give --pairs, a parquet of (user_id, item_id) candidates")
+        return _predict_clicks(model, seqs, pairs, out, window, batch_size)
+    raise DataError(f"{head_dir} holds a {type(model).__name__}, which recbert predict does not handle")
+
+
+def _write_batches(out: Path, tables) -> int:
+    written = 0
+    with atomic_path(out) as tmp:
+        writer = None
+        try:
+            for table in tables:
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                written += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+    return written
+
+
+def _predict_classes(model: SequenceClassifier, seqs: Sequences, users: Optional[Path], out: Path,
+                     window: int, batch_size: int) -> int:
+    if users is not None:
+        wanted = _read_column_table(users, ["user_id"])["user_id"].to_numpy()
+        pos = _positions(seqs, wanted, "requested users")
+        seqs = seqs.select(pos[pos >= 0])
+    if len(seqs) == 0:
+        raise DataError("no users to predict for")
+    classes = model.metadata.get("classes")
+    n_out = 2 if model.head_config.task == "binary" else model.head_config.n_classes
+    if classes is not None and len(classes) != n_out:
+        raise DataError(f"the head's metadata names {len(classes)} classes but it predicts {n_out}")
+
+    def tables():
+        for lo in range(0, len(seqs), batch_size):
+            part = seqs.select(np.arange(lo, min(lo + batch_size, len(seqs))))
+            p = model.predict_proba(torch.from_numpy(pad_sequences(part, window))).numpy()
+            if model.head_config.task == "binary":
+                p = np.stack([1 - p, p], axis=1)
+            best = p.argmax(1) if model.head_config.task != "multilabel" else None
+            cols = {"user_id": _ids(part.user_ids)}
+            if best is not None:
+                cols["prediction"] = pa.array([classes[i] for i in best] if classes is not None else best)
+                cols["probability"] = pa.array(p[np.arange(len(p)), best].astype(np.float32))
+            cols["proba"] = pa.FixedSizeListArray.from_arrays(pa.array(p.astype(np.float32).reshape(-1)), p.shape[1])
+            yield pa.table(cols)
+
+    n = _write_batches(out, tables())
+    log.info("wrote predictions for %d users to %s", n, out)
+    return n
+
+
+def _predict_clicks(model: CTRModel, seqs: Sequences, pairs: Path, out: Path, window: int, batch_size: int) -> int:
+    df = _read_column_table(pairs, ["user_id", "item_id"])
+    pos = _positions(seqs, df["user_id"].to_numpy(), "candidate rows' users")
+    keep = np.flatnonzero(pos >= 0)
+    if len(keep) == 0:
+        raise DataError(f"none of the users in {pairs} has events")
+    items = df["item_id"].to_numpy()[keep]
+    tokens = model.vocab.encode(items)
+    unknown = int((tokens == UNK).sum())
+    if unknown:
+        log.warning("%d of %d candidate items are unknown to the model and scored as [UNK]", unknown, len(tokens))
+    users = df["user_id"].to_numpy()[keep]
+
+    def tables():
+        for lo in range(0, len(keep), batch_size):
+            sl = slice(lo, lo + batch_size)
+            hist = seqs.select(pos[keep[sl]])
+            rows = torch.from_numpy(pad_sequences(hist, window))
+            p = model.predict_proba(rows, torch.from_numpy(tokens[sl].astype(np.int64))).numpy()
+            yield pa.table({"user_id": _ids(users[sl]), "item_id": _ids(items[sl]),
+                            "click_proba": pa.array(p.astype(np.float32))})
+
+    n = _write_batches(out, tables())
+    log.info("wrote %d click probabilities to %s", n, out)
+    return n
