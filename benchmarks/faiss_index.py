@@ -34,10 +34,11 @@ import faiss
 
 from recbert.index import IndexConfig, VectorIndex, read_embeddings_parquet, recall_at_k
 
-KINDS = ("flat", "ivf_flat", "ivf_pq", "hnsw")
+KINDS = ("flat", "ivf_flat", "ivf_pq", "ivf_pq_rerank", "hnsw")  # ivf_pq_rerank: ivf_pq + exact re-ranking
 SWEEPS = {
     "ivf_flat": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
     "ivf_pq": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
+    "ivf_pq_rerank": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
     "hnsw": ("ef_search", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)),
 }
 
@@ -62,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vector-column", default="embedding")
     p.add_argument("--nlist", type=int, default=None, help="IVF cells (default: auto, 4*sqrt(n))")
     p.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantizers (default: dim/2)")
+    p.add_argument("--rerank", type=int, default=4, help="ivf_pq_rerank: re-rank rerank * k PQ candidates")
     p.add_argument("--hnsw-m", type=int, default=IndexConfig.hnsw_m)
     p.add_argument("--ef-construction", type=int, default=IndexConfig.ef_construction)
     p.add_argument("--sweep-queries", type=int, default=2000,
@@ -151,9 +153,11 @@ def single_query_qps(index: VectorIndex, q: np.ndarray, k: int, limit: int, **ov
 
 
 def config_for(kind: str, args: argparse.Namespace) -> IndexConfig:
+    rerank = args.rerank if kind == "ivf_pq_rerank" else 0
     return IndexConfig(
-        kind=kind, metric=args.metric, nlist=args.nlist, pq_m=args.pq_m,
-        hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, seed=args.seed, device="cpu",
+        kind="ivf_pq" if kind == "ivf_pq_rerank" else kind, metric=args.metric, nlist=args.nlist,
+        pq_m=args.pq_m, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, seed=args.seed,
+        rerank=rerank, device="cpu",
     )
 
 
@@ -223,13 +227,13 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\nn={len(x):,} dim={x.shape[1]} queries={len(q):,} k={k}; peak RSS is the process "
           f"high-water mark so far (cumulative); load average at end {os.getloadavg()[0]:.2f}")
-    header = (f"| {'kind':<8} | {'params':<42} | {'build s':>7} | {'index MiB':>9} | "
+    header = (f"| {'kind':<13} | {'params':<52} | {'build s':>7} | {'index MiB':>9} | "
               f"{'peak RSS MiB':>12} | {'1-query QPS':>11} | {'batch QPS':>9} | "
               f"{'recall@' + str(k):>9} | {'vs exact':>8} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['kind']:<8} | {r['params']:<42} | {r['build_s']:7.1f} | "
+        print(f"| {r['kind']:<13} | {r['params']:<52} | {r['build_s']:7.1f} | "
               f"{r['bytes'] / 2**20:9.1f} | {r['rss']:12.0f} | {r['qps1']:11.0f} | "
               f"{r['qps']:9.0f} | {r['recall']:9.4f} | {r['qps'] / exact_qps:7.1f}x |")
     hits = [r for r in rows if r["kind"] != "flat" and r["recall"] >= args.target_recall
@@ -243,7 +247,8 @@ def _describe(cfg: IndexConfig) -> str:
     if cfg.kind == "ivf_flat":
         return f"nlist={cfg.nlist}"
     if cfg.kind == "ivf_pq":
-        return f"nlist={cfg.nlist}, PQ{cfg.pq_m}x{cfg.pq_bits}"
+        rerank = f", re-rank {cfg.rerank}k" if cfg.rerank else ""
+        return f"nlist={cfg.nlist}, PQ{cfg.pq_m}x{cfg.pq_bits}{rerank}"
     if cfg.kind == "hnsw":
         return f"M={cfg.hnsw_m}, efC={cfg.ef_construction}"
     return "exact"

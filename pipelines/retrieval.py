@@ -4,8 +4,9 @@ top-k recommendations for many users at once."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,8 +20,8 @@ from recbert.data.events import load_events
 from recbert.data.sequences import Sequences, build_sequences
 from recbert.data.vocab import N_SPECIAL
 from recbert.errors import DataError
-from recbert.exports.embeddings import export_items, export_users
-from recbert.index import IndexConfig, VectorIndex
+from recbert.exports.embeddings import export_items, export_users, item_matrix
+from recbert.index import IndexConfig, VectorIndex, recall_at_k
 from recbert.io import atomic_path
 from recbert.model.recommender import SequenceRecommender
 from pipelines.train import RUN_CONFIG_FILE, load_run_config
@@ -66,46 +67,96 @@ def _id_column(path: Path) -> str:
     raise DataError(f"{path} has neither an item_id nor a user_id column (columns: {names})")
 
 
+@dataclass
+class BatchRecommendResult:
+    users: int  # users written
+    recall_at_k: Optional[float] = None  # approximate index vs exact search, on a user sample
+    recall_users: int = 0
+
+
+@dataclass
+class ModelIndex:
+    """A model and the index of its item vectors, checked to fit together."""
+
+    model: SequenceRecommender
+    index: VectorIndex
+    with_bias: bool
+    normalized: bool
+
+    @classmethod
+    def load(cls, model_dir: Path, index_dir: Path) -> "ModelIndex":
+        model = SequenceRecommender.from_pretrained(model_dir).eval()
+        index = VectorIndex.load(index_dir)
+        meta = index.source.get("recbert", {}) if isinstance(index.source.get("recbert"), dict) else {}
+        normalized = bool(meta.get("normalized", False))
+        with_bias = bool(meta.get("bias_column", index.dim == model.config.hidden + 1))
+        expected_dim = model.config.hidden + (1 if with_bias else 0)
+        if index.dim != expected_dim:
+            raise DataError(f"index {index_dir} has dim {index.dim}, but this model's item vectors have dim "
+                            f"{expected_dim}: was it built from another model's export?")
+        return cls(model, index, with_bias, normalized)
+
+    @torch.no_grad()
+    def queries(self, rows: torch.Tensor) -> np.ndarray:
+        """Query vectors for left-padded input rows (as ``inference_rows`` / ``pad_sequences`` give)."""
+        q = self.model.user_vectors(rows)
+        if self.normalized:
+            q = torch.nn.functional.normalize(q, dim=1)
+        elif self.with_bias:
+            q = torch.cat([q, torch.ones(len(q), 1)], dim=1)
+        return q.numpy()
+
+    def seen(self, part: Sequences) -> list[np.ndarray]:
+        return [self.model.vocab.decode(r[r >= N_SPECIAL]) for r in np.split(part.items, part.offsets[1:-1])]
+
+    def rows(self, part: Sequences) -> torch.Tensor:
+        return torch.from_numpy(pad_sequences(part, self.model.config.max_len, append_mask=not self.model.causal))
+
+    def exact_index(self) -> VectorIndex:
+        """An exact (flat) index over the same item vectors, for recall checks."""
+        x = item_matrix(self.model, self.normalized, self.with_bias and not self.normalized)
+        return VectorIndex.build(x, self.model.vocab.item_ids, IndexConfig(kind="flat", metric=self.index.metric,
+                                                                            device="cpu"))
+
+
+def _select_users(seqs: Sequences, users: Path) -> Sequences:
+    if not Path(users).is_file():
+        raise DataError(f"users file {users} does not exist")
+    if "user_id" not in pq.read_schema(users).names:
+        raise DataError(f"{users} has no user_id column")
+    wanted = pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy()
+    pos = pd.Index(seqs.user_ids).get_indexer(wanted)
+    unknown = int((pos < 0).sum())
+    if unknown:
+        log.warning("%d of %d requested users have no events and are skipped", unknown, len(wanted))
+    return seqs.select(pos[pos >= 0])
+
+
 @torch.no_grad()
 def run_batch_recommend(model_dir: Path, index_dir: Path, out: Path, k: int = 10,
                         users: Optional[Path] = None, events: Optional[str] = None,
-                        exclude_seen: bool = True, batch_size: int = 4096) -> int:
+                        exclude_seen: bool = True, batch_size: int = 4096,
+                        recall_sample: int = 1000, seed: int = 0) -> BatchRecommendResult:
     """Top-``k`` items for each user (all users of the events, or the ``user_id``
     column of ``users``) from the index, written as ``user_id, rank, item_id, score``.
-    Users unknown to the events are reported and skipped."""
-    model = SequenceRecommender.from_pretrained(model_dir)
-    index = VectorIndex.load(index_dir)
-    meta = index.source.get("recbert", {}) if isinstance(index.source.get("recbert"), dict) else {}
-    with_bias = bool(meta.get("bias_column", index.dim == model.config.hidden + 1))
-    expected_dim = model.config.hidden + (1 if with_bias else 0)
-    if index.dim != expected_dim:
-        raise DataError(f"index {index_dir} has dim {index.dim}, but this model's item vectors have dim "
-                        f"{expected_dim}: was it built from another model's export?")
+    Users unknown to the events are reported and skipped. For an approximate index,
+    recall@k against an exact search over the same vectors is measured on a seeded sample
+    of ``recall_sample`` users (0 = skip) and logged."""
+    mi = ModelIndex.load(model_dir, index_dir)
+    model, index = mi.model, mi.index
     seqs = user_histories(model, model_dir, events)
     if users is not None:
-        wanted = pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy()
-        pos = pd.Index(seqs.user_ids).get_indexer(wanted)
-        unknown = int((pos < 0).sum())
-        if unknown:
-            log.warning("%d of %d requested users have no events and are skipped", unknown, len(wanted))
-        seqs = seqs.select(pos[pos >= 0])
+        seqs = _select_users(seqs, users)
     if len(seqs) == 0:
         raise DataError("no users to recommend for")
-    model.eval()
     written = 0
     with atomic_path(out) as tmp:
         writer = None
         try:
             for lo in range(0, len(seqs), batch_size):
                 part = seqs.select(np.arange(lo, min(lo + batch_size, len(seqs))))
-                rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal))
-                q = model.user_vectors(rows)
-                if with_bias:
-                    q = torch.cat([q, torch.ones(len(q), 1)], dim=1)
-                exclude = None
-                if exclude_seen:
-                    exclude = [model.vocab.decode(r[r >= N_SPECIAL]) for r in np.split(part.items, part.offsets[1:-1])]
-                scores, ids = index.search(q.numpy(), k, exclude=exclude)
+                exclude = mi.seen(part) if exclude_seen else None
+                scores, ids = index.search(mi.queries(mi.rows(part)), k, exclude=exclude)
                 n = len(part)
                 table = pa.table({
                     "user_id": pa.array(np.repeat(part.user_ids, k).tolist() if part.user_ids.dtype == object
@@ -122,5 +173,57 @@ def run_batch_recommend(model_dir: Path, index_dir: Path, out: Path, k: int = 10
             if writer is not None:
                 writer.close()
     log.info("wrote top-%d recommendations for %d users to %s", k, written, out)
-    return written
+    result = BatchRecommendResult(written)
+    if index.kind != "flat" and recall_sample > 0:
+        pick = np.sort(np.random.default_rng(seed).choice(len(seqs), min(recall_sample, len(seqs)), replace=False))
+        part = seqs.select(pick)
+        q = mi.queries(mi.rows(part))
+        exclude = mi.seen(part) if exclude_seen else None
+        _, approx = index.search(q, k, exclude=exclude)
+        _, exact = mi.exact_index().search(q, k, exclude=exclude)
+        result.recall_at_k, result.recall_users = recall_at_k(approx, exact, k), len(part)
+        log.info("%s index recall@%d vs exact search: %.4f (%d sampled users)", index.kind, k,
+                 result.recall_at_k, len(part))
+    return result
 
+
+@torch.no_grad()
+def run_index_query(model_dir: Path, index_dir: Path, k: int = 10, user_id: Any = None,
+                    items: Optional[Sequence[Any]] = None, events: Optional[str] = None,
+                    exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Top-``k`` ``(item ids, scores)`` through the index for one user's history (``user_id``,
+    from ``events`` or the training events) or an ad-hoc session of ORIGINAL item ids
+    (``items``, oldest first; unknown ids go through [UNK]); plus a small info dict."""
+    if (user_id is None) == (items is None):
+        raise DataError("give exactly one of a user id or a list of item ids")
+    mi = ModelIndex.load(model_dir, index_dir)
+    model = mi.model
+    info: dict[str, Any] = {"index": mi.index.kind}
+    if user_id is not None:
+        seqs = user_histories(model, model_dir, events)
+        if seqs.user_ids.dtype != object:
+            try:
+                user_id = int(user_id)
+            except (TypeError, ValueError):
+                raise DataError(f"user id {user_id!r} is not an integer, but this data's user ids are") from None
+        else:
+            user_id = str(user_id)
+        pos = pd.Index(seqs.user_ids).get_indexer([user_id])[0]
+        if pos < 0:
+            raise DataError(f"user {user_id!r} has no events in the history source "
+                            f"({events or 'the training events'}); pass --items for a new user's session")
+        part = seqs.select(np.array([pos]))
+        rows = mi.rows(part)
+        tokens = part.items
+        info["history_length"] = len(tokens)
+    else:
+        tokens = model.vocab.encode(np.asarray(list(items)))
+        if len(tokens) == 0:
+            raise DataError("the item list is empty")
+        info["unknown_items"] = int((tokens < N_SPECIAL).sum())
+        rows = model.inference_rows([tokens])
+        info["history_length"] = len(tokens)
+    known = tokens[tokens >= N_SPECIAL]
+    exclude = [model.vocab.decode(known)] if exclude_seen else None
+    scores, ids = mi.index.search(mi.queries(rows), k, exclude=exclude)
+    return ids[0], scores[0], info

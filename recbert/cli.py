@@ -210,12 +210,38 @@ def index_build(embeddings, out, kind, metric, device, overwrite, overrides) -> 
 @click.option("--events", help="Events giving the users' histories (default: the training events).")
 @click.option("-k", "--top-k", default=10, show_default=True)
 @click.option("--keep-seen", is_flag=True, help="Allow items already in a user's history.")
-def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, keep_seen) -> None:
+@click.option("--recall-sample", default=1000, show_default=True,
+              help="Approximate index: measure recall@k against exact search on this many sampled users (0 = skip).")
+def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, keep_seen, recall_sample) -> None:
     """Top-k recommendations for many users through a Faiss index."""
     from pipelines.retrieval import run_batch_recommend
 
-    n = run_batch_recommend(_model_dir(model_dir, run_id), index_dir, out, top_k, users, events, not keep_seen)
-    click.echo(f"wrote top-{top_k} for {n} users to {out}")
+    res = run_batch_recommend(_model_dir(model_dir, run_id), index_dir, out, top_k, users, events, not keep_seen,
+                              recall_sample=recall_sample)
+    click.echo(f"wrote top-{top_k} for {res.users} users to {out}")
+    if res.recall_at_k is not None:
+        click.echo(f"recall@{top_k} vs exact search: {res.recall_at_k:.4f} ({res.recall_users} sampled users)")
+
+
+@index_group.command("query")
+@with_model
+@click.option("--index", "index_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--user", "user_id", help="A user id: its history comes from --events (default: the training events).")
+@click.option("--items", help="Or a session: comma-separated ORIGINAL item ids, oldest first.")
+@click.option("--events", help="Events giving the user's history (default: the training events).")
+@click.option("-k", "--top-k", default=10, show_default=True)
+@click.option("--keep-seen", is_flag=True, help="Allow items already in the history.")
+def index_query(run_id, model_dir, index_dir, user_id, items, events, top_k, keep_seen) -> None:
+    """Top-k items for one user id or an ad-hoc item list, through the index."""
+    from pipelines.retrieval import run_index_query
+
+    session = [s.strip() for s in items.split(",") if s.strip()] if items is not None else None
+    ids, scores, info = run_index_query(_model_dir(model_dir, run_id), index_dir, top_k, user_id, session, events,
+                                        not keep_seen)
+    if info.get("unknown_items"):
+        click.echo(f"note: {info['unknown_items']} unknown item id(s) scored as [UNK]", err=True)
+    for rank, (i, s) in enumerate(zip(ids, scores), 1):
+        click.echo(f"{rank}\t{i}\t{s:.4f}")
 
 
 # -- experiments: fine-tuning and ablations -----------------------------------------------------

@@ -4,7 +4,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipelines.retrieval import run_batch_recommend, run_export, run_index_build
+from pipelines.retrieval import run_batch_recommend, run_export, run_index_build, run_index_query
+from recbert.cli import main
 from pipelines.train import run_training
 from recbert.config import RunConfig
 from recbert.errors import DataError
@@ -71,9 +72,9 @@ def test_batch_recommendations_exclude_seen_items_and_skip_unknown_users(trained
     run_export(model_dir, "items", tmp / "items.parquet")
     run_index_build(tmp / "items.parquet", tmp / "idx", IndexConfig(kind="flat"), overwrite=True)
     pl.DataFrame({"user_id": ["u1", "u2", "nobody"]}).write_parquet(tmp / "who.parquet")
-    n = run_batch_recommend(model_dir, tmp / "idx", tmp / "recs.parquet", k=5, users=tmp / "who.parquet")
+    res = run_batch_recommend(model_dir, tmp / "idx", tmp / "recs.parquet", k=5, users=tmp / "who.parquet")
     recs = pl.read_parquet(tmp / "recs.parquet")
-    assert n == 2 and recs.height == 10 and recs["rank"].to_list()[:5] == [1, 2, 3, 4, 5]
+    assert res.users == 2 and res.recall_at_k is None and recs.height == 10 and recs["rank"].to_list()[:5] == [1, 2, 3, 4, 5]
     events = pl.read_parquet(tmp / "events.parquet")
     for user in ("u1", "u2"):
         seen = set(events.filter(pl.col("user_id") == user)["item_id"])
@@ -81,6 +82,49 @@ def test_batch_recommendations_exclude_seen_items_and_skip_unknown_users(trained
         assert not seen & set(got["item_id"]) and got["score"].is_sorted(descending=True)
     run_batch_recommend(model_dir, tmp / "idx", tmp / "recs_all.parquet", k=3, exclude_seen=False)
     assert pl.read_parquet(tmp / "recs_all.parquet").height == 300 * 3
+
+
+def test_approximate_index_reports_recall_against_exact_search(trained):
+    tmp, model_dir, _ = trained
+    run_export(model_dir, "items", tmp / "items.parquet")
+    # every IVF cell probed = exact: recall 1.0; one cell of many: below 1
+    run_index_build(tmp / "items.parquet", tmp / "ivf_all", IndexConfig(kind="ivf_flat", nlist=4, nprobe=4,
+                                                                         device="cpu"), overwrite=True)
+    res = run_batch_recommend(model_dir, tmp / "ivf_all", tmp / "r1.parquet", k=5, recall_sample=50)
+    assert res.users == 300 and res.recall_users == 50 and res.recall_at_k == pytest.approx(1.0)
+    run_index_build(tmp / "items.parquet", tmp / "ivf_one", IndexConfig(kind="ivf_flat", nlist=8, nprobe=1,
+                                                                         device="cpu"), overwrite=True)
+    res = run_batch_recommend(model_dir, tmp / "ivf_one", tmp / "r2.parquet", k=5, recall_sample=1000)
+    assert res.recall_users == 300 and 0.0 < res.recall_at_k < 1.0
+    assert run_batch_recommend(model_dir, tmp / "ivf_one", tmp / "r3.parquet", k=5, recall_sample=0).recall_at_k is None
+
+
+def test_index_query_for_a_user_or_a_session_matches_the_model(trained, capsys):
+    tmp, model_dir, _ = trained
+    run_export(model_dir, "items", tmp / "items.parquet")
+    run_index_build(tmp / "items.parquet", tmp / "idx", IndexConfig(kind="flat"), overwrite=True)
+    model = SequenceRecommender.from_pretrained(model_dir)
+    session = ["item-3", "item-4", "item-5"]
+    ids, scores, info = run_index_query(model_dir, tmp / "idx", 5, items=session + ["item-unknown"])
+    want, _ = model.recommend([session + ["item-unknown"]], k=5)
+    assert ids.tolist() == want[0].tolist() and info["unknown_items"] == 1
+    assert not set(session) & set(ids.tolist())
+
+    run_batch_recommend(model_dir, tmp / "idx", tmp / "recs.parquet", k=5)
+    batch = pl.read_parquet(tmp / "recs.parquet").filter(pl.col("user_id") == "u7")
+    ids, scores, info = run_index_query(model_dir, tmp / "idx", 5, user_id="u7")
+    assert ids.tolist() == batch["item_id"].to_list()
+    np.testing.assert_allclose(scores, batch["score"].to_numpy(), rtol=1e-5)
+
+    assert main(["index", "query", "--model-dir", str(model_dir), "--index", str(tmp / "idx"),
+                 "--items", "item-3,item-4,nope", "-k", "3"]) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out.strip().splitlines()) == 3 and "1 unknown item id(s)" in cap.err
+    assert main(["index", "query", "--model-dir", str(model_dir), "--index", str(tmp / "idx"),
+                 "--user", "nobody"]) == 2
+    assert "user 'nobody' has no events" in capsys.readouterr().err
+    assert main(["index", "query", "--model-dir", str(model_dir), "--index", str(tmp / "idx")]) == 2
+    assert "exactly one of" in capsys.readouterr().err
 
 
 def test_index_from_another_model_is_rejected(trained, tmp_path):

@@ -63,13 +63,19 @@ def _finish(vectors: torch.Tensor, normalize: bool, with_bias: bool, extra: Opti
 
 
 @torch.no_grad()
+def item_matrix(model: SequenceRecommender, normalize: bool = False, with_bias: bool = True) -> np.ndarray:
+    """``[n_items, dim]`` float32: the vectors ``export_items`` writes, in vocabulary order."""
+    vecs = model.item_vectors().detach().float().cpu()
+    return _finish(vecs, normalize, with_bias, model.scorer.bias.detach().float().cpu()).astype(np.float32)
+
+
+@torch.no_grad()
 def export_items(model: SequenceRecommender, out: str | Path, normalize: bool = False, with_bias: bool = True,
                  source: Optional[dict[str, Any]] = None) -> int:
     """Write every catalogue item's vector; returns the row count."""
     if model.vocab is None:
         raise DataError("the model has no vocabulary: load it with SequenceRecommender.from_pretrained")
-    vecs = model.item_vectors().detach().float().cpu()
-    data = _finish(vecs, normalize, with_bias, model.scorer.bias.detach().float().cpu())
+    data = item_matrix(model, normalize, with_bias)
     table = _table(model.vocab.item_ids, data, "item_id")
     table = table.replace_schema_metadata(_metadata(model, "items", data.shape[1], normalize, with_bias, source))
     with atomic_path(out) as tmp:

@@ -294,7 +294,11 @@ class VectorIndex:
             nlist = int(self._config.nlist or 1)
             if self._device == "gpu" and min(nprobe, nlist) > GPU_MAX_K:
                 raise IndexInputError(f"nprobe={nprobe} exceeds the faiss GPU limit {GPU_MAX_K}")
-            return faiss.SearchParametersIVF(nprobe=int(min(nprobe, nlist)))
+            ivf = faiss.SearchParametersIVF(nprobe=int(min(nprobe, nlist)))
+            if self._config.rerank:
+                return faiss.IndexRefineSearchParameters(k_factor=float(self._config.rerank),
+                                                         base_index_params=ivf)
+            return ivf
         if ef_search is not None:
             return faiss.SearchParametersHNSW(efSearch=int(ef_search))
         return None
@@ -467,6 +471,11 @@ def _new_index(cfg: IndexConfig, n: int, d: int) -> tuple[Any, IndexConfig]:
             "training %d IVF cells on %d vectors (< 39 per cell): cells will be poor; "
             "raise train_sample or lower nlist", nlist, n_train,
         )
+    if cfg.rerank:
+        # the wrapper trains / adds to the PQ index and keeps the raw vectors for re-ranking
+        refined = faiss.IndexRefineFlat(index)
+        refined.k_factor = float(cfg.rerank)
+        return refined, resolved
     return index, resolved
 
 
@@ -489,6 +498,9 @@ def _train(index: Any, x: np.ndarray, cfg: IndexConfig) -> None:
 def _move_to_gpu(index: Any, cfg: IndexConfig) -> tuple[Any, str]:
     if cfg.kind == "hnsw":
         logger.info("faiss has no GPU HNSW: the hnsw index stays on CPU")
+        return index, "cpu"
+    if cfg.rerank:
+        logger.info("exact re-ranking (rerank=%d) runs on CPU: the ivf_pq index stays on CPU", cfg.rerank)
         return index, "cpu"
     try:
         moved = _device.index_to_gpu(index)

@@ -59,6 +59,9 @@ class IndexConfig:
     pq_bits: bits per PQ sub-quantizer code.
     hnsw_m: HNSW graph degree.
     ef_construction / ef_search: HNSW beam widths at build / search time.
+    rerank: ``ivf_pq`` only: re-rank the best ``rerank * k`` PQ candidates with exact
+        distances on the full vectors (faiss ``IndexRefineFlat``; costs ``n * dim * 4`` bytes
+        more memory, keeps PQ's fast scan). ``0`` = off.
     train_sample: at most this many vectors (seeded sample) train IVF / PQ.
     seed: seed for the training sample and faiss k-means.
     device: ``auto`` uses a GPU when faiss has one, ``gpu`` requires it, ``cpu`` never uses it.
@@ -78,6 +81,7 @@ class IndexConfig:
     hnsw_m: int = 32
     ef_construction: int = 40
     ef_search: int = 256
+    rerank: int = 0
     train_sample: int = 100_000
     seed: int = 0
     device: Device = "auto"
@@ -100,6 +104,12 @@ class IndexConfig:
         _check_int("hnsw_m", self.hnsw_m, minimum=2, maximum=512)
         _check_int("ef_construction", self.ef_construction, minimum=1)
         _check_int("ef_search", self.ef_search, minimum=1)
+        _check_int("rerank", self.rerank, minimum=0)
+        if self.rerank and self.kind != "ivf_pq":
+            raise IndexConfigError(
+                f"IndexConfig.rerank={self.rerank} applies to kind='ivf_pq' only "
+                f"({self.kind!r} already ranks by exact distances)"
+            )
         _check_int("train_sample", self.train_sample, minimum=1)
         _check_int("seed", self.seed, minimum=0)
 

@@ -244,6 +244,33 @@ def test_approximate_recall_vs_exact(data, item_ids, no_gpu, config, min_recall)
     assert min_recall <= recall <= 1.0, f"{config.kind}: recall@10={recall:.3f}"
 
 
+def test_ivf_pq_rerank_recovers_recall_and_survives_save_load(tmp_path, data, item_ids, no_gpu):
+    x, q = data
+    exact_scores, exact = VectorIndex.build(x, item_ids).search(q, 10)
+    plain = VectorIndex.build(x, item_ids, IndexConfig(kind="ivf_pq", nprobe=8, pq_m=4))
+    reranked = VectorIndex.build(x, item_ids, IndexConfig(kind="ivf_pq", nprobe=8, pq_m=4, rerank=8))
+    r_plain = recall_at_k(plain.search(q, 10)[1], exact, 10)
+    scores, ids = reranked.search(q, 10)
+    r_rerank = recall_at_k(ids, exact, 10)
+    assert r_rerank >= r_plain + 0.1 and r_rerank >= 0.9, (r_plain, r_rerank)
+    # re-ranked scores are exact inner products, where the item was found
+    hit = ids[:, 0] == exact[:, 0]
+    np.testing.assert_allclose(scores[hit, 0], exact_scores[hit, 0], rtol=1e-5)
+    # a per-call nprobe keeps the re-ranking; the config survives save/load
+    _, wide = reranked.search(q, 10, nprobe=reranked.config.nlist)
+    assert recall_at_k(wide, exact, 10) >= r_rerank
+    loaded = VectorIndex.load(reranked.save(tmp_path / "idx"))
+    assert loaded.config.rerank == 8
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], ids)
+
+
+def test_rerank_only_for_ivf_pq():
+    with pytest.raises(IndexConfigError, match="rerank=4 applies to kind='ivf_pq' only"):
+        IndexConfig(kind="hnsw", rerank=4)
+    with pytest.raises(IndexConfigError, match="rerank"):
+        IndexConfig(kind="ivf_pq", rerank=-1)
+
+
 def test_ivf_nprobe_override_all_cells_is_exact(data, item_ids, no_gpu):
     x, q = data
     _, exact = VectorIndex.build(x, item_ids).search(q, 10)
