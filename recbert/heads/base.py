@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from recbert.config import ModelConfig
 from recbert.data.batches import left_pad
-from recbert.data.vocab import ItemVocab
+from recbert.data.vocab import MASK, ItemVocab
 from recbert.errors import CheckpointError, DataError, RecbertError
 from recbert.model.encoder import EncoderOutput
 from recbert.model.recommender import SequenceRecommender
@@ -108,6 +108,15 @@ class EncoderHeadModel(nn.Module):
         """The recommender's forward pass (bidirectional by default) over left-padded rows."""
         self._check_tokens(input_ids, "input_ids")
         return self.backbone(input_ids, causal=causal)
+
+    def with_mask(self, input_ids: Tensor) -> Tensor:
+        """Left-padded rows with a [MASK] appended (the slot a cloze model predicts the
+        next item from: its state is the model's user vector); the oldest column is
+        dropped when the row would exceed ``max_len``."""
+        if input_ids.shape[1] >= self.model_config.max_len:
+            input_ids = input_ids[:, input_ids.shape[1] - self.model_config.max_len + 1:]
+        mask = torch.full((input_ids.shape[0], 1), MASK, dtype=input_ids.dtype, device=input_ids.device)
+        return torch.cat([input_ids, mask], dim=1)
 
     def _check_tokens(self, tokens: Tensor, what: str) -> None:
         if tokens.dtype not in (torch.int64, torch.int32):

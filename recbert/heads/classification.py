@@ -36,7 +36,8 @@ class HeadConfig:
     task: Task = "multiclass"
     n_classes: int = 2
     pooling: str = "mean"
-    cls_position: int = -1  # for 'cls' / 'lstm_attention' pooling: -1 = newest event
+    cls_position: int = -1  # for 'cls' / 'lstm_attention' pooling: -1 = newest event ([MASK] with append_mask)
+    append_mask: bool = False  # append [MASK] to every history: the cloze model's user-vector slot
     pool_heads: int = 2  # for 'lstm_attention'
     hidden_dims: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
@@ -173,6 +174,8 @@ class SequenceClassifier(EncoderHeadModel):
         return cls(backbone, cfg, keep_scorer=keep_scorer).train()
 
     def pooled(self, input_ids: Tensor) -> Tensor:
+        if self.head_config.append_mask:
+            input_ids = self.with_mask(input_ids)
         out = self.encode(input_ids, causal=False)
         return self.pooling(out.sequence_output, out.padding_mask)
 

@@ -30,6 +30,7 @@ from recbert.model.recommender import SequenceRecommender
 class CTRConfig:
     pooling: str = "cls"  # 'cls' at -1 = the newest event's state
     cls_position: int = -1
+    append_mask: bool = False  # append [MASK] to the history: 'cls' at -1 is then the cloze user vector
     pool_heads: int = 2
     hidden_dims: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
@@ -119,7 +120,7 @@ class CTRModel(EncoderHeadModel):
                                 f"got {tuple(context.shape)}")
         elif context is not None:
             raise DataError("context features were given but ctr.n_context is 0")
-        out = self.encode(history, causal=False)
+        out = self.encode(self.with_mask(history) if cfg.append_mask else history, causal=False)
         u = self.pooling(out.sequence_output, out.padding_mask)
         c = self.candidate_vectors(candidates)
         parts = [u, c]

@@ -125,3 +125,20 @@ def test_unserialisable_metadata_is_refused_before_anything_is_written(tmp_path)
     with pytest.raises(DataError, match="plain JSON values"):
         clf.save_pretrained(tmp_path / "clf")
     assert not (tmp_path / "clf").exists()
+
+
+def test_append_mask_uses_the_cloze_user_vector_slot():
+    bb = backbone().eval()
+    rng = np.random.default_rng(0)
+    x = rows_from_tokens([rng.integers(N_SPECIAL, N_SPECIAL + N_ITEMS, size=n) for n in (10, 3, 7) * 4], 10)
+    assert x.shape == (12, 10)  # width = max_len: the oldest column makes room for [MASK]
+    clf = SequenceClassifier(bb, HeadConfig(pooling="cls", cls_position=-1, append_mask=True)).eval()
+    masked = clf.with_mask(x)
+    assert masked.shape == x.shape and (masked[:, -1] == 1).all() and torch.equal(masked[:, :-1], x[:, 1:])
+    assert clf.with_mask(x[:, 4:]).shape == (12, 7)  # narrower rows just grow by one
+    # the pooled vector is the recommender's state at [MASK]: what its user vector is read from
+    want = bb(bb.inference_rows([r[r > 0].numpy() for r in x]), causal=False).sequence_output[:, -1]
+    torch.testing.assert_close(clf.pooled(x), want)
+    ctr = CTRModel(bb, CTRConfig(pooling="cls", append_mask=True)).eval()
+    u = ctr.features(x, torch.full((12,), N_SPECIAL))[:, :16]
+    torch.testing.assert_close(u, want)
