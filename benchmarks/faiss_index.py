@@ -4,13 +4,16 @@ Synthetic items come from a seeded Gaussian mixture shaped like trained embeddin
 (anisotropic centres, Zipf-sized clusters, log-normal norms, so popular directions get larger
 inner products); queries are further draws from the same mixture, not copies of items.
 With ``--embeddings`` a real exported item-embedding parquet is used instead, and
-``--queries`` of its rows (random, seeded) are held out of the index as queries.
+``--queries`` of its rows (random, seeded) are held out of the index as queries; with
+``--query-embeddings`` (an exported user parquet) every item is indexed and ``--queries``
+sampled user vectors are the queries, as in serving.
 
 For each approximate kind, nprobe / efSearch are swept on the first ``--sweep-queries``
 queries; the smallest value reaching ``--target-recall`` there is then measured on the full
 ``--queries`` batch (one call) for the summary table.
 
     .venv/bin/python benchmarks/faiss_index.py --n 1000000
+    .venv/bin/python benchmarks/faiss_index.py --embeddings items.parquet --query-embeddings users.parquet
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-recall", type=float, default=0.95)
     p.add_argument("--embeddings", type=Path, help="real exported item-embedding parquet")
+    p.add_argument("--query-embeddings", type=Path,
+                   help="real exported USER-embedding parquet used as the queries (with --embeddings; "
+                        "default: hold out --queries items as queries)")
     p.add_argument("--id-column", default="item_id")
     p.add_argument("--vector-column", default="embedding")
     p.add_argument("--nlist", type=int, default=None, help="IVF cells (default: auto, 4*sqrt(n))")
@@ -112,6 +118,15 @@ def load_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, np.ndar
                 f"dim {args.dim}, {args.centres} centres, seed {args.seed}")
         return x[: args.n], ids, x[args.n :], what
     ids, vectors, _ = read_embeddings_parquet(args.embeddings, args.id_column, args.vector_column)
+    if args.query_embeddings is not None:
+        _, users, _ = read_embeddings_parquet(args.query_embeddings, "user_id", args.vector_column)
+        if users.shape[1] != vectors.shape[1]:
+            sys.exit(f"user vectors have dim {users.shape[1]} but item vectors {vectors.shape[1]}")
+        rng = np.random.default_rng(args.seed)
+        q = users[np.sort(rng.choice(len(users), size=min(args.queries, len(users)), replace=False))]
+        what = (f"{args.embeddings}: {len(vectors):,} items, dim {vectors.shape[1]}; queries: {len(q):,} "
+                f"user vectors from {args.query_embeddings}")
+        return vectors, ids, q, what
     if args.queries >= len(vectors):
         sys.exit(f"--queries {args.queries} must be smaller than the {len(vectors)} embeddings")
     rng = np.random.default_rng(args.seed)

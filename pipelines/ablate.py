@@ -9,8 +9,9 @@ Switches (the first value of each list is the base setting):
 * ``residual_attention``: ``model.residual_attention``;
 * ``pretrained``: MLM-pretrain the encoder for ``grid.pretrain_epochs`` on the events before
   fine-tuning (True) or fine-tune a freshly initialised one (False);
-* ``aux``: the auxiliary MLM loss during fine-tuning (``finetune.aux='mlm'`` with
-  ``grid.aux_lambda``);
+* ``aux``: the auxiliary encoder loss during fine-tuning: 'none', 'mlm' (continued cloze
+  loss, ``grid.aux_lambda_mlm``) or 'head' (a classifier on the plain last-layer pooled
+  vector, ``grid.aux_lambda_head``; the seed used 0.8);
 * ``tower``: the head's MLP tower: the dimension-free residual blocks f(x) + Wx ('add'), their
   concatenation variant [f(x); x] ('concat') or a plain MLP without skip paths ('plain' = off).
 
@@ -56,10 +57,11 @@ class AblationGrid:
     reuse_block: list[str] = field(default_factory=lambda: ["none", "gru"])
     residual_attention: list[bool] = field(default_factory=lambda: [False, True])
     pretrained: list[bool] = field(default_factory=lambda: [True, False])
-    aux: list[bool] = field(default_factory=lambda: [False, True])
+    aux: list[str] = field(default_factory=lambda: ["none", "mlm", "head"])
     tower: list[str] = field(default_factory=lambda: ["add", "plain", "concat"])
     pretrain_epochs: int = 5
-    aux_lambda: float = 0.2
+    aux_lambda_mlm: float = 0.2
+    aux_lambda_head: float = 0.8
     max_variants: Optional[int] = None  # keep only the first N variants (quick checks)
 
     def __post_init__(self) -> None:
@@ -70,8 +72,12 @@ class AblationGrid:
                 raise ConfigError(f"grid.{name} must list at least one value")
         if self.pretrain_epochs < 1 and True in self.pretrained:
             raise ConfigError("grid.pretrain_epochs must be >= 1 when grid.pretrained holds true")
-        if not 0.0 < self.aux_lambda < 1.0:
-            raise ConfigError(f"grid.aux_lambda must be in (0, 1), got {self.aux_lambda}")
+        for name in ("aux_lambda_mlm", "aux_lambda_head"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"grid.{name} must be in (0, 1), got {getattr(self, name)}")
+        bad = [a for a in self.aux if a not in ("none", "mlm", "head")]
+        if bad:
+            raise ConfigError(f"grid.aux values must be 'none', 'mlm' or 'head', got {bad}")
         if self.max_variants is not None and self.max_variants < 1:
             raise ConfigError(f"grid.max_variants must be >= 1, got {self.max_variants}")
         # validate the values against their config fields
@@ -168,8 +174,8 @@ def run_ablation(cfg: AblationConfig) -> AblationResult:
         parent.start({**cfg.flat(), "n_variants": len(variants)}, run_name=f"ablate-{grid.task}")
         for name, variant in zip(names, variants):
             model_cfg = _model_config(cfg, variant)
-            ft = dataclasses.replace(cfg.finetune, aux="mlm" if variant["aux"] else "none",
-                                     aux_lambda=grid.aux_lambda if variant["aux"] else 0.0)
+            lam = {"none": 0.0, "mlm": grid.aux_lambda_mlm, "head": grid.aux_lambda_head}[variant["aux"]]
+            ft = dataclasses.replace(cfg.finetune, aux=variant["aux"], aux_lambda=lam)
             run_cfg = FinetuneRunConfig(experiment=cfg.experiment, model=model_cfg,
                                         head=dataclasses.replace(cfg.head, variant=variant["tower"]),
                                         ctr=CTRConfig(), finetune=ft, tracking=cfg.tracking, threads=cfg.threads)

@@ -329,7 +329,8 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
     backbones = Backbones(model_dir, config.model, exp.events)
     data = build_user_task(task, exp.events, exp.users, backbones.vocab, _window(config, backbones.config))
     head_cfg = dataclasses.replace(config.head, task="binary" if data.binary else "multiclass",
-                                   n_classes=data.n_classes)
+                                   n_classes=data.n_classes,
+                                   aux_head=config.head.aux_head or config.finetune.aux == "head")
     if head_cfg.class_weights is not None and len(head_cfg.class_weights) != data.n_classes:
         raise ConfigError(f"head.class_weights needs {data.n_classes} entries for task {task}")
     labels_t = data.labels.astype(np.float32) if data.binary else data.labels
@@ -481,6 +482,7 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
                           items=exp.items if exp.items and Path(exp.items).is_file() else None,
                           threshold=exp.rating_threshold, test_fraction=exp.test_fraction,
                           val_fraction=exp.val_fraction)
+    ctr_cfg = dataclasses.replace(config.ctr, aux_head=config.ctr.aux_head or config.finetune.aux == "head")
     result = ExperimentResult("ctr", None, info=dict(task.info))
     parent = Tracker(config.tracking, parent_run_id=parent_run_id)
     with parent:
@@ -497,7 +499,7 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
                 _child(config.tracking, parent.run_id, f"features_logreg s{seed}",
                        {"seed": seed, "variant": "features_logreg"}, m)
             for variant in variants:
-                model = CTRModel(backbones.make(variant, seed), config.ctr)
+                model = CTRModel(backbones.make(variant, seed), ctr_cfg)
                 ft = dataclasses.replace(config.finetune, seed=seed)
                 curve: list[dict[str, float]] = []
 

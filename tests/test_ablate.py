@@ -15,7 +15,7 @@ QUICK = [
     "experiment.folds=2", "experiment.epochs=1",
     "model.hidden=16", "model.layers=1", "model.intermediate=32", "model.max_len=20",
     "grid.pretrain_epochs=1", "grid.fusion=[\"last\",\"mean\"]", "grid.reuse_block=[\"none\"]",
-    "grid.residual_attention=[false]", "grid.pretrained=[true]", "grid.aux=[false]", "grid.tower=[\"add\"]",
+    "grid.residual_attention=[false]", "grid.pretrained=[true]", "grid.aux=[\"none\"]", "grid.tower=[\"add\"]",
     "grid.seeds=[0]", "pretrain.batch_size=512",
 ]
 
@@ -25,13 +25,13 @@ def test_default_grid_is_one_switch_at_a_time():
     variants = grid.variants()
     base = variants[0]
     assert base == {"fusion": "last", "reuse_block": "none", "residual_attention": False, "pretrained": True,
-                    "aux": False, "tower": "add"}
-    assert len(variants) == 9
+                    "aux": "none", "tower": "add"}
+    assert len(variants) == 10
     names = [variant_name(v, base) for v in variants]
     assert names[0] == "base" and "pretrained=False" in names and "tower=concat" in names
-    assert "tower=plain" in names and "fusion=learned" in names
+    assert "tower=plain" in names and "fusion=learned" in names and "aux=head" in names
     assert all(sum(v[k] != base[k] for k in base) == 1 for v in variants[1:])
-    assert len(AblationGrid(mode="full").variants()) == 3 * 2 * 2 * 2 * 2 * 3
+    assert len(AblationGrid(mode="full").variants()) == 3 * 2 * 2 * 2 * 3 * 3
     assert len(AblationGrid(max_variants=2).variants()) == 2
 
 
@@ -42,6 +42,8 @@ def test_grid_rejects_bad_values():
         AblationGrid(fusion=["last", "median"])
     with pytest.raises(ConfigError, match="unknown config key"):
         AblationConfig.load(None, ["grid.fusions=[\"last\"]"])
+    with pytest.raises(ConfigError, match="grid.aux values"):
+        AblationGrid(aux=["none", "cls"])
 
 
 def test_ablation_end_to_end_two_variants(mlflow_uri):

@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from recbert.config import build_section
 from recbert.errors import ConfigError, DataError
@@ -38,6 +38,7 @@ class HeadConfig:
     pooling: str = "mean"
     cls_position: int = -1  # for 'cls' / 'lstm_attention' pooling: -1 = newest event ([MASK] with append_mask)
     append_mask: bool = False  # append [MASK] to every history: the cloze model's user-vector slot
+    aux_head: bool = False  # a linear classifier on the pooled plain last encoder layer (finetune.aux='head')
     pool_heads: int = 2  # for 'lstm_attention'
     hidden_dims: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
@@ -154,6 +155,9 @@ class SequenceClassifier(EncoderHeadModel):
         self.head_config = cfg
         self.pooling = build_pooling(cfg.pooling, self.hidden, cfg.cls_position, cfg.pool_heads)
         self.tower = ResidualMLP(self.pooling.out_dim, cfg.hidden_dims, cfg.out_dim, cfg.dropout, cfg.variant)
+        if cfg.aux_head:  # deep supervision: the last layer itself must carry the label
+            self.aux_pooling = build_pooling(cfg.pooling, self.hidden, cfg.cls_position, cfg.pool_heads)
+            self.aux_out = nn.Linear(self.aux_pooling.out_dim, cfg.out_dim)
         weights = torch.tensor(cfg.class_weights, dtype=torch.float32) if cfg.class_weights is not None else None
         self.register_buffer("class_weights", weights, persistent=False)
 
@@ -173,15 +177,30 @@ class SequenceClassifier(EncoderHeadModel):
             check_compatible(backbone, expect_n_tokens, expect_hidden)
         return cls(backbone, cfg, keep_scorer=keep_scorer).train()
 
-    def pooled(self, input_ids: Tensor) -> Tensor:
+    def _encode_rows(self, input_ids: Tensor):
         if self.head_config.append_mask:
             input_ids = self.with_mask(input_ids)
-        out = self.encode(input_ids, causal=False)
+        return self.encode(input_ids, causal=False)
+
+    def pooled(self, input_ids: Tensor) -> Tensor:
+        out = self._encode_rows(input_ids)
         return self.pooling(out.sequence_output, out.padding_mask)
 
-    def forward(self, input_ids: Tensor) -> Tensor:
-        logits = self.tower(self.pooled(input_ids))
+    def _shape(self, logits: Tensor) -> Tensor:
         return logits[:, 0] if self.head_config.task == "binary" else logits
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        return self._shape(self.tower(self.pooled(input_ids)))
+
+    def forward_with_aux(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits, aux_logits)`` from one encoder pass; the auxiliary classifier reads the
+        pooled plain last encoder layer (no fusion, no reuse block, no tower)."""
+        if not self.head_config.aux_head:
+            raise ConfigError("this head has no auxiliary classifier: build it with head.aux_head=true")
+        out = self._encode_rows(input_ids)
+        logits = self.tower(self.pooling(out.sequence_output, out.padding_mask))
+        aux = self.aux_out(self.aux_pooling(out.hidden_states[-1], out.padding_mask))
+        return self._shape(logits), self._shape(aux)
 
     def check_labels(self, labels: Tensor) -> Tensor:
         return check_labels(labels, self.head_config)

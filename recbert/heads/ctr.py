@@ -31,6 +31,7 @@ class CTRConfig:
     pooling: str = "cls"  # 'cls' at -1 = the newest event's state
     cls_position: int = -1
     append_mask: bool = False  # append [MASK] to the history: 'cls' at -1 is then the cloze user vector
+    aux_head: bool = False  # a linear click model on the pooled plain last encoder layer (finetune.aux='head')
     pool_heads: int = 2
     hidden_dims: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
@@ -83,6 +84,11 @@ class CTRModel(EncoderHeadModel):
         self.project: nn.Module = nn.Identity() if (pooled == h or not cfg.use_product) else nn.Linear(pooled, h)
         in_dim = pooled + h + (h if cfg.use_product else 0) + cfg.n_context
         self.tower = ResidualMLP(in_dim, cfg.hidden_dims, 1, cfg.dropout, cfg.variant)
+        if cfg.aux_head:  # deep supervision: [u_last, c, proj(u_last) * c] -> one logit
+            self.aux_pooling = build_pooling(cfg.pooling, h, cfg.cls_position, cfg.pool_heads)
+            pooled_aux = self.aux_pooling.out_dim
+            self.aux_project: nn.Module = nn.Identity() if pooled_aux == h else nn.Linear(pooled_aux, h)
+            self.aux_out = nn.Linear(pooled_aux + 2 * h, 1)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, cfg: Optional[CTRConfig] = None,
@@ -106,7 +112,7 @@ class CTRModel(EncoderHeadModel):
         """``[B, H]`` rows of the encoder's item table (shared with the MLM scorer)."""
         return self.embeddings.item(candidates)
 
-    def features(self, history: Tensor, candidates: Tensor, context: Optional[Tensor] = None) -> Tensor:
+    def _encoded(self, history: Tensor, candidates: Tensor, context: Optional[Tensor]):
         cfg = self.head_config
         if candidates.ndim != 1 or candidates.shape[0] != history.shape[0]:
             raise DataError(f"candidates must be one token per history row ([{history.shape[0]}]), "
@@ -120,7 +126,10 @@ class CTRModel(EncoderHeadModel):
                                 f"got {tuple(context.shape)}")
         elif context is not None:
             raise DataError("context features were given but ctr.n_context is 0")
-        out = self.encode(self.with_mask(history) if cfg.append_mask else history, causal=False)
+        return self.encode(self.with_mask(history) if cfg.append_mask else history, causal=False)
+
+    def _features(self, out, candidates: Tensor, context: Optional[Tensor]) -> Tensor:
+        cfg = self.head_config
         u = self.pooling(out.sequence_output, out.padding_mask)
         c = self.candidate_vectors(candidates)
         parts = [u, c]
@@ -130,8 +139,24 @@ class CTRModel(EncoderHeadModel):
             parts.append(context.to(u.dtype))
         return torch.cat(parts, dim=-1)
 
+    def features(self, history: Tensor, candidates: Tensor, context: Optional[Tensor] = None) -> Tensor:
+        return self._features(self._encoded(history, candidates, context), candidates, context)
+
     def forward(self, history: Tensor, candidates: Tensor, context: Optional[Tensor] = None) -> Tensor:
         return self.tower(self.features(history, candidates, context))[:, 0]
+
+    def forward_with_aux(self, history: Tensor, candidates: Tensor, context: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
+        """``(logits, aux_logits)`` from one encoder pass; the auxiliary click model reads the
+        pooled plain last encoder layer and the candidate (no fusion, reuse block or tower)."""
+        if not self.head_config.aux_head:
+            raise ConfigError("this CTR head has no auxiliary click model: build it with ctr.aux_head=true")
+        out = self._encoded(history, candidates, context)
+        logits = self.tower(self._features(out, candidates, context))[:, 0]
+        u = self.aux_pooling(out.hidden_states[-1], out.padding_mask)
+        c = self.candidate_vectors(candidates)
+        aux = self.aux_out(torch.cat([u, c, self.aux_project(u) * c], dim=-1))[:, 0]
+        return logits, aux
 
     def loss(self, logits: Tensor, labels: Tensor, validate: bool = True) -> Tensor:
         labels = torch.as_tensor(labels)

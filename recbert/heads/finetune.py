@@ -48,7 +48,9 @@ class FinetuneConfig:
     head_lr: float = 1e-3
     layer_decay: float = 1.0  # 1.0 = the same lr for every encoder layer
     weight_decay: float = 0.01
-    aux: Literal["none", "mlm"] = "none"
+    # 'mlm': continued cloze loss; 'head': the head's auxiliary classifier on the plain last
+    # layer (build the head with aux_head=true; the seed used lambda = 0.8)
+    aux: Literal["none", "mlm", "head"] = "none"
     aux_lambda: float = 0.0  # total = lambda * aux + (1 - lambda) * head
     mask_prob: float = 0.2  # MLM auxiliary masking
     last_item_mask_prob: float = 0.1
@@ -72,14 +74,16 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.weight_decay < 0:
             raise ConfigError(f"finetune.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.aux not in ("none", "mlm"):
-            raise ConfigError(f"finetune.aux must be 'none' or 'mlm', got {self.aux!r}")
+        if self.aux not in ("none", "mlm", "head"):
+            raise ConfigError(f"finetune.aux must be 'none', 'mlm' or 'head', got {self.aux!r}")
         if not 0.0 <= self.aux_lambda < 1.0:
             raise ConfigError(f"finetune.aux_lambda must be in [0, 1), got {self.aux_lambda}")
         if self.aux == "none" and self.aux_lambda > 0:
-            raise ConfigError(f"finetune.aux_lambda={self.aux_lambda} needs an auxiliary loss: set finetune.aux='mlm'")
-        if self.aux == "mlm" and self.freeze == "all":
-            raise ConfigError("finetune.aux='mlm' with finetune.freeze='all' trains nothing: the encoder is frozen")
+            raise ConfigError(f"finetune.aux_lambda={self.aux_lambda} needs an auxiliary loss: "
+                              "set finetune.aux='mlm' or 'head'")
+        if self.aux != "none" and self.freeze == "all":
+            raise ConfigError(f"finetune.aux={self.aux!r} with finetune.freeze='all' does nothing: "
+                              "the auxiliary loss only shapes the encoder, which is frozen")
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"finetune.mask_prob must be in (0, 1), got {self.mask_prob}")
         if not 0.0 <= self.last_item_mask_prob <= 1.0:
@@ -297,7 +301,10 @@ def finetune(
         steps_per_epoch = sum(1 for _ in train_batches_fn(0)) if epochs else 0
     sched = lr_schedule(opt, max(1, epochs * steps_per_epoch), cfg.warmup_ratio, cfg.schedule)
     gen = torch.Generator().manual_seed(cfg.seed)
-    lam = cfg.aux_lambda if cfg.aux == "mlm" else 0.0
+    lam = cfg.aux_lambda if cfg.aux != "none" else 0.0
+    if cfg.aux == "head" and not getattr(getattr(model, "head_config", None), "aux_head", False):
+        raise ConfigError("finetune.aux='head' needs a head built with an auxiliary classifier "
+                          "(head.aux_head=true / ctr.aux_head=true)")
     sign = 1.0 if higher_is_better else -1.0
 
     def evaluate() -> float:
@@ -319,12 +326,16 @@ def finetune(
         steps = 0
         for batch in train_batches_fn(epoch):
             *inputs, labels = (_to(x, dev) for x in batch)
-            head_loss = model.loss(model(*inputs), labels)
-            loss = head_loss
             aux = None
-            if lam > 0:
-                aux = mlm_aux_loss(model, inputs[0], cfg, gen)
-                loss = lam * aux + (1 - lam) * head_loss
+            if cfg.aux == "head":
+                logits, aux_logits = model.forward_with_aux(*inputs)
+                head_loss = model.loss(logits, labels)
+                aux = model.loss(aux_logits, labels, validate=False)
+            else:
+                head_loss = model.loss(model(*inputs), labels)
+                if lam > 0:
+                    aux = mlm_aux_loss(model, inputs[0], cfg, gen)
+            loss = head_loss if aux is None else lam * aux + (1 - lam) * head_loss
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite fine-tuning loss at epoch {epoch}, step {steps}")
             opt.zero_grad(set_to_none=True)

@@ -242,3 +242,54 @@ def test_finetune_runs_a_ctr_model_with_context_and_aux():
     assert res.epochs_run == 3 and len(res.history) == 3
     assert all(np.isfinite(r["loss"]) and r["steps"] == 2 for r in res.history)
     assert not model.embeddings.item.weight.requires_grad
+
+
+def test_aux_head_loss_trains_a_classifier_on_the_plain_last_layer():
+    rng = np.random.default_rng(0)
+    x, y = parity_task(rng, 512)
+    xv, yv = parity_task(rng, 256)
+    model = SequenceClassifier(backbone(layers=2, fusion="mean", fusion_layers=2),
+                               HeadConfig(task="binary", dropout=0.0, aux_head=True))
+    logits, aux = model.forward_with_aux(x[:4])
+    assert logits.shape == aux.shape == (4,)
+    torch.testing.assert_close(logits, model(x[:4]))  # the main logits are the plain forward's
+    cfg = FinetuneConfig(encoder_lr=3e-3, head_lr=3e-3, aux="head", aux_lambda=0.8, patience=5)
+
+    def batches(epoch):
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch))
+        for i in range(0, len(x), 64):
+            yield x[perm[i:i + 64]], y[perm[i:i + 64]]
+
+    before = model.aux_out.weight.detach().clone()
+    rows = []
+    res = finetune(model, batches, lambda m: float((m.predict(xv) == yv.long()).float().mean()), cfg, epochs=20,
+                   log=rows.append)
+    assert res.best_metric > 0.75 and all(r["aux_loss"] > 0 for r in rows)
+    assert not torch.equal(before, model.aux_out.weight)
+    with torch.no_grad():  # the auxiliary classifier learned the task from the last layer too
+        _, aux = model.forward_with_aux(xv)
+    assert float(((aux > 0).long() == yv.long()).float().mean()) > 0.7
+
+
+def test_aux_head_needs_a_head_built_with_it():
+    x, y = parity_task(np.random.default_rng(0), 16)
+    with pytest.raises(ConfigError, match="aux_head=true"):
+        finetune(head(layers=1), lambda e: [(x, y)], lambda m: 0.5, FinetuneConfig(aux="head", aux_lambda=0.5),
+                 epochs=1)
+    with pytest.raises(ConfigError, match="head.aux_head=true"):
+        head(layers=1).forward_with_aux(x)
+    with pytest.raises(ConfigError, match="finetune.aux='head' with finetune.freeze='all'"):
+        FinetuneConfig(aux="head", aux_lambda=0.5, freeze="all")
+
+
+def test_ctr_aux_head_logits():
+    from recbert.heads.ctr import CTRConfig
+
+    rng = np.random.default_rng(0)
+    x, _ = parity_task(rng, 8)
+    cand = torch.from_numpy(rng.integers(N_SPECIAL, N_SPECIAL + N_ITEMS, size=8))
+    model = CTRModel(backbone(layers=1), CTRConfig(pooling="mean_max", aux_head=True, dropout=0.0)).eval()
+    logits, aux = model.forward_with_aux(x, cand)
+    assert logits.shape == aux.shape == (8,)
+    torch.testing.assert_close(logits, model(x, cand))
+    assert isinstance(model.aux_project, torch.nn.Linear)  # mean_max is 2H wide
