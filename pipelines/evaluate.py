@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-from recbert.config import EvalConfig, RunConfig, TrackingConfig
+from recbert.config import EvalConfig, TrackingConfig
 from recbert.errors import CheckpointError
 from recbert.evaluation.ranking import evaluate_ranking
 from recbert.model.recommender import SequenceRecommender

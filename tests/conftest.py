@@ -46,3 +46,22 @@ def mlflow_uri(tmp_path: Path, monkeypatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+ML100K = REPO / "data" / "ml-100k"
+
+
+@pytest.fixture(scope="module")
+def pretrained_dir(tmp_path_factory) -> Path:
+    """A tiny (untrained) model directory with the shipped ML-100K vocabulary."""
+    import torch
+
+    from recbert.config import ModelConfig
+    from recbert.data.vocab import ItemVocab
+    from recbert.model.recommender import SequenceRecommender
+
+    vocab = ItemVocab.build(pl.read_parquet(ML100K / "events.parquet")["item_id"])
+    cfg = ModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_len=20, n_tokens=len(vocab))
+    torch.manual_seed(3)
+    model = SequenceRecommender(cfg)
+    return model.save_pretrained(tmp_path_factory.mktemp("pre") / "model", vocab)

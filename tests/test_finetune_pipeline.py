@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
@@ -13,7 +12,6 @@ from pipelines.finetune import (Backbones, FinetuneRunConfig, classification_met
                                 run_classification, run_ctr)
 from recbert.cli import main
 from recbert.config import ModelConfig
-from recbert.data.vocab import ItemVocab
 from recbert.errors import ConfigError
 from recbert.model.recommender import SequenceRecommender
 from tests.conftest import REPO
@@ -22,16 +20,6 @@ ML = REPO / "data" / "ml-100k"
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.intermediate=32", "model.max_len=20"]
 DATA = [f"experiment.events={ML / 'events.parquet'}", f"experiment.users={ML / 'users.parquet'}",
         f"experiment.items={ML / 'items.parquet'}"]
-
-
-@pytest.fixture(scope="module")
-def pretrained_dir(tmp_path_factory):
-    """A tiny (untrained) model directory with the ML-100K vocabulary."""
-    vocab = ItemVocab.build(pl.read_parquet(ML / "events.parquet")["item_id"])
-    cfg = ModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_len=20, n_tokens=len(vocab))
-    torch.manual_seed(3)
-    model = SequenceRecommender(cfg)
-    return model.save_pretrained(tmp_path_factory.mktemp("pre") / "model", vocab)
 
 
 def test_classification_metrics():

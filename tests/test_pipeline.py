@@ -1,11 +1,9 @@
 """End to end through the CLI: training, MLflow contents, loading back, bad input."""
 
-import json
 from pathlib import Path
 
 import polars as pl
 import pytest
-from click.testing import CliRunner
 
 from recbert.cli import main
 from tests.conftest import cyclic_events

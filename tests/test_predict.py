@@ -13,7 +13,7 @@ from recbert.cli import main
 from recbert.data.batches import left_pad
 from recbert.errors import DataError
 from recbert.heads import CTRModel, SequenceClassifier, load_head
-from tests.test_finetune_pipeline import DATA, ML, TINY, pretrained_dir  # noqa: F401  (fixture)
+from tests.test_finetune_pipeline import DATA, ML, TINY
 
 EVENTS = str(ML / "events.parquet")
 
@@ -57,7 +57,7 @@ def test_finetune_saves_a_classifier_that_predict_reuses(gender_head, tmp_path):
     assert float(head.predict_proba(row)[0]) == pytest.approx(float(proba[1, 1]), abs=1e-5)
 
 
-def test_ctr_head_saved_and_scored_on_pairs(pretrained_dir, tmp_path):  # noqa: F811
+def test_ctr_head_saved_and_scored_on_pairs(pretrained_dir, tmp_path):
     cfg = FinetuneRunConfig.load(None, DATA + ["tracking.enabled=false", "experiment.epochs=1",
                                                "experiment.max_train_samples=400", "experiment.max_val_samples=200",
                                                "experiment.max_test_samples=400", "experiment.baselines=false"])

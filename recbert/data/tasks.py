@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import polars as pl
@@ -199,7 +198,6 @@ def build_ctr_task(events, vocab: ItemVocab, max_len: int, items=None, threshold
     starts, ends = _user_bounds(uid)
     lengths = ends - starts
     user_start = np.repeat(starts, lengths)
-    user_end = np.repeat(ends, lengths)
 
     # strict history end: first position of the user with time >= t_j
     hist_end = np.empty(n, dtype=np.int64)

@@ -6,24 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from recbert.config import ModelConfig
-from recbert.data.vocab import N_SPECIAL, ItemVocab
+from recbert.data.vocab import N_SPECIAL
 from recbert.errors import CheckpointError, DataError
 from recbert.heads import CTRConfig, CTRModel, HeadConfig, SequenceClassifier, load_head
 from recbert.heads.base import HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE, rows_from_tokens
 from recbert.model.recommender import SequenceRecommender
+from tests.heads.tiny import tiny_backbone
 
 N_ITEMS = 30
 
 
 def backbone(seed=0):
-    vocab = ItemVocab(np.array([f"item{i}" for i in range(N_ITEMS)], dtype=object))
-    cfg = ModelConfig(hidden=16, layers=2, heads=2, intermediate=32, max_len=10, dropout=0.1,
-                      n_tokens=len(vocab), fusion="learned")
-    torch.manual_seed(seed)
-    model = SequenceRecommender(cfg)
-    model.vocab = vocab
-    return model
+    return tiny_backbone(seed, N_ITEMS, string_ids=True, max_len=10, dropout=0.1, fusion="learned")
 
 
 def rows(n=12, seed=0):

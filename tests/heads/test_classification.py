@@ -3,25 +3,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recbert.config import ModelConfig
-from recbert.data.vocab import N_SPECIAL, ItemVocab
+from recbert.data.vocab import N_SPECIAL
 from recbert.errors import CheckpointError, ConfigError, DataError
 from recbert.heads.base import rows_from_tokens
 from recbert.heads.classification import HeadConfig, SequenceClassifier
 from recbert.heads.losses import binary_focal_loss, inverse_frequency_weights, multiclass_focal_loss, roc_auc
-from recbert.model.recommender import SequenceRecommender
+from tests.heads.tiny import tiny_backbone
 
 N_ITEMS = 24
 
 
 def backbone(seed=0, hidden=16, n_items=N_ITEMS, **kw):
-    vocab = ItemVocab(np.arange(100, 100 + n_items))
-    cfg = ModelConfig(hidden=hidden, layers=2, heads=2, intermediate=32, max_len=8, dropout=0.0,
-                      attention_dropout=0.0, n_tokens=len(vocab), **kw)
-    torch.manual_seed(seed)
-    model = SequenceRecommender(cfg)
-    model.vocab = vocab
-    return model
+    return tiny_backbone(seed, n_items, hidden=hidden, **kw)
 
 
 def random_rows(rng, n, lo=3, hi=8, items=range(N_SPECIAL, N_SPECIAL + N_ITEMS)):

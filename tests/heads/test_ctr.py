@@ -2,25 +2,18 @@ import numpy as np
 import pytest
 import torch
 
-from recbert.config import ModelConfig
-from recbert.data.vocab import N_SPECIAL, ItemVocab
+from recbert.data.vocab import N_SPECIAL
 from recbert.errors import CheckpointError, ConfigError, DataError
 from recbert.heads.base import rows_from_tokens
 from recbert.heads.ctr import CTRConfig, CTRHead, CTRModel
 from recbert.heads.losses import roc_auc
-from recbert.model.recommender import SequenceRecommender
+from tests.heads.tiny import tiny_backbone
 
 N_ITEMS = 20
 
 
 def backbone(seed=0, hidden=16, **kw):
-    vocab = ItemVocab(np.arange(100, 100 + N_ITEMS))
-    cfg = ModelConfig(hidden=hidden, layers=2, heads=2, intermediate=32, max_len=8, dropout=0.0,
-                      attention_dropout=0.0, n_tokens=len(vocab), **kw)
-    torch.manual_seed(seed)
-    model = SequenceRecommender(cfg)
-    model.vocab = vocab
-    return model
+    return tiny_backbone(seed, N_ITEMS, hidden=hidden, **kw)
 
 
 def ring_clicks(rng, n):

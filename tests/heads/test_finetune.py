@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 import torch
 
-from recbert.config import ModelConfig
 from recbert.data.batches import mask_tokens
 from recbert.data.vocab import N_SPECIAL, ItemVocab
 from recbert.errors import CheckpointError, ConfigError
@@ -11,20 +10,14 @@ from recbert.heads.classification import HeadConfig, SequenceClassifier
 from recbert.heads.ctr import CTRModel
 from recbert.heads.finetune import (FinetuneConfig, apply_freeze, check_compatible, finetune, layer_depth,
                                     load_encoder, make_optimizer, mlm_aux_loss, param_groups, set_train_modes)
-from recbert.model.recommender import SequenceRecommender
 from recbert.training.losses import full_softmax_loss, gather_targets
+from tests.heads.tiny import tiny_backbone
 
 N_ITEMS = 20
 
 
 def backbone(seed=0, layers=3, **kw):
-    vocab = ItemVocab(np.arange(100, 100 + N_ITEMS))
-    cfg = ModelConfig(**{"hidden": 16, "layers": layers, "heads": 2, "intermediate": 32, "max_len": 8,
-                         "dropout": 0.0, "attention_dropout": 0.0, "n_tokens": len(vocab), **kw})
-    torch.manual_seed(seed)
-    model = SequenceRecommender(cfg)
-    model.vocab = vocab
-    return model
+    return tiny_backbone(seed, N_ITEMS, layers=layers, **kw)
 
 
 def head(**kw):

@@ -7,8 +7,8 @@ import torch
 
 from recbert.model.pooling import POOLING_KINDS, AttentionPooling, build_pooling
 
-H, L = 8, 6
-LENGTHS = (6, 2, 4, 1)
+from tests.model.padded import H, L, LENGTHS, adversarial, pad, rows  # noqa: F401
+
 OUT_DIMS = {
     "cls": H,
     "mean": H,
@@ -17,28 +17,6 @@ OUT_DIMS = {
     "attention": H,
     "lstm_attention": 3 * H,
 }
-
-
-def rows(seed: int = 0) -> list[torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, H, generator=g) for n in LENGTHS]
-
-
-def pad(seqs: list[torch.Tensor], left: bool = True, value: float = 0.0):
-    """Batch [B, L, H] and mask [B, L]; real tokens at the end of the row when ``left``."""
-    h = torch.full((len(seqs), L, H), value)
-    mask = torch.zeros(len(seqs), L, dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        span = slice(L - len(s), L) if left else slice(0, len(s))
-        h[b, span] = s
-        mask[b, span] = True
-    return h, mask
-
-
-def adversarial(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Padded positions set to alternating +-1e6."""
-    sign = torch.where(torch.arange(H) % 2 == 0, 1e6, -1e6).expand_as(h)
-    return torch.where(mask[..., None], h, sign)
 
 
 def make(kind: str, cls_position: int = -1):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from recbert.config import EvalConfig, ModelConfig, RunConfig, StageConfig
+from recbert.config import EvalConfig, ModelConfig, StageConfig
 from recbert.data.sequences import build_sequences, leave_one_out
 from recbert.data.vocab import ItemVocab
 from recbert.model.recommender import SequenceRecommender
@@ -34,7 +34,7 @@ def test_training_learns_the_pattern_far_above_chance(objective, epochs, lr):
     test = evaluate_ranking(model, splits.test, EVAL)
     chance = 10 / 60
     assert test["all/hr@10"] > 0.8 > 3 * chance, test
-    assert res.history[-1][f"train/loss"] < res.history[0]["train/loss"]
+    assert res.history[-1]["train/loss"] < res.history[0]["train/loss"]
     assert model.config.attention == ("causal" if objective == "next_item" else "bidirectional")
 
 
