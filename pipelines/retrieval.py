@@ -42,14 +42,17 @@ def user_histories(model: SequenceRecommender, model_dir: Path, events: Optional
 
 
 def run_export(model_dir: Path, what: str, out: Path, events: Optional[str] = None, normalize: bool = False,
-               with_bias: bool = True, run_id: Optional[str] = None, batch_size: int = 4096) -> int:
+               with_bias: bool = True, run_id: Optional[str] = None, batch_size: int = 4096,
+               pooling: Optional[str] = None) -> int:
     model = SequenceRecommender.from_pretrained(model_dir)
     source = {"model_dir": str(model_dir), "run_id": run_id}
     if what == "items":
+        if pooling is not None:
+            raise DataError("--pooling applies to user exports only")
         return export_items(model, out, normalize, with_bias, source)
     if what == "users":
         seqs = user_histories(model, model_dir, events)
-        return export_users(model, seqs, out, normalize, with_bias, batch_size, source)
+        return export_users(model, seqs, out, normalize, with_bias, batch_size, source, pooling=pooling)
     raise DataError(f"--what must be 'users' or 'items', got {what!r}")
 
 

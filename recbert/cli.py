@@ -168,11 +168,15 @@ def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int
 @click.option("--normalize", is_flag=True, help="L2-normalise (cosine retrieval; drops the bias column).")
 @click.option("--no-bias", is_flag=True, help="Leave out the item-bias coordinate.")
 @click.option("--batch-size", default=4096, show_default=True)
-def export(run_id, model_dir, what, out, events, normalize, no_bias, batch_size) -> None:
+@click.option("--pooling", type=click.Choice(["mean", "max", "mean_max", "last"]),
+              help="Users: pool the encoder's output over the history instead of the scorer's user vector "
+                   "(features for other models; no bias column).")
+def export(run_id, model_dir, what, out, events, normalize, no_bias, batch_size, pooling) -> None:
     """Export user or item embeddings (original ids) to parquet."""
     from pipelines.retrieval import run_export
 
-    n = run_export(_model_dir(model_dir, run_id), what, out, events, normalize, not no_bias, run_id, batch_size)
+    n = run_export(_model_dir(model_dir, run_id), what, out, events, normalize, not no_bias, run_id, batch_size,
+                   pooling)
     click.echo(f"wrote {n} {what} to {out}")
 
 

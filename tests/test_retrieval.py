@@ -3,6 +3,7 @@
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from pipelines.retrieval import run_batch_recommend, run_export, run_index_build, run_index_query
 from recbert.cli import main
@@ -45,6 +46,23 @@ def test_export_round_trip_keeps_ids_and_vectors(trained):
     run_export(model_dir, "items", tmp / "items_cos.parquet", normalize=True)
     _, cos, _ = read_embeddings_parquet(tmp / "items_cos.parquet", "item_id")
     assert cos.shape[1] == 16 and np.allclose(np.linalg.norm(cos, axis=1), 1.0, atol=1e-5)
+
+
+def test_user_export_with_a_pooling(trained):
+    tmp, model_dir, _ = trained
+    model = SequenceRecommender.from_pretrained(model_dir).eval()
+    run_export(model_dir, "users", tmp / "users_mean.parquet", pooling="mean", batch_size=100)
+    ids, vecs, meta = read_embeddings_parquet(tmp / "users_mean.parquet", "user_id")
+    assert vecs.shape == (300, 16) and meta["pooling"] == "mean" and meta["bias_column"] is False
+    # user u0's vector is the masked mean of the encoder output over its own history
+    events = pl.read_parquet(tmp / "events.parquet").filter(pl.col("user_id") == ids[0]).sort("timestamp")
+    tokens = torch.from_numpy(model.vocab.encode(events["item_id"].to_numpy())[-model.config.max_len:][None])
+    want = model(tokens).sequence_output.mean(1)[0].detach().numpy()
+    np.testing.assert_allclose(vecs[0], want, rtol=1e-4, atol=1e-5)
+    run_export(model_dir, "users", tmp / "users_mm.parquet", pooling="mean_max")
+    assert read_embeddings_parquet(tmp / "users_mm.parquet", "user_id")[1].shape == (300, 32)
+    with pytest.raises(DataError, match="user exports only"):
+        run_export(model_dir, "items", tmp / "x.parquet", pooling="mean")
 
 
 def test_exact_index_metrics_equal_the_models_full_ranking(trained):

@@ -33,6 +33,7 @@ from recbert.data.batches import pad_sequences
 from recbert.data.sequences import Sequences
 from recbert.errors import DataError
 from recbert.io import atomic_path
+from recbert.model.pooling import build_pooling
 from recbert.model.recommender import SequenceRecommender
 
 log = logging.getLogger("recbert.export")
@@ -84,16 +85,34 @@ def export_items(model: SequenceRecommender, out: str | Path, normalize: bool = 
     return len(table)
 
 
+USER_POOLINGS = ("mean", "max", "mean_max", "last")
+
+
 @torch.no_grad()
 def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Path, normalize: bool = False,
                  with_bias: bool = True, batch_size: int = 4096, source: Optional[dict[str, Any]] = None,
-                 device: torch.device | str = "cpu") -> int:
-    """Encode each user's history and stream the vectors to parquet."""
+                 device: torch.device | str = "cpu", pooling: Optional[str] = None) -> int:
+    """Encode each user's history and stream the vectors to parquet.
+
+    ``pooling=None`` (default): the scorer's user vector (the state the next item is scored
+    from; with ``with_bias`` a 1.0 coordinate matches the items' bias column, so an inner
+    product index ranks as the model does). ``'mean'`` / ``'max'`` / ``'mean_max'`` /
+    ``'last'``: a parameter-free masked pooling of the encoder's output over the history
+    itself (no [MASK] appended), e.g. as user features for another model; no bias column.
+    """
     if len(sequences) == 0:
         raise DataError("no users to export")
+    if pooling is not None and pooling not in USER_POOLINGS:
+        raise DataError(f"user pooling must be one of {list(USER_POOLINGS)} (or none for the scorer's user "
+                        f"vector), got {pooling!r}")
     model.eval()
-    dim = model.config.hidden + (1 if with_bias and not normalize else 0)
-    meta = _metadata(model, "users", dim, normalize, with_bias, source)
+    with_bias = with_bias and pooling is None
+    pool = None
+    if pooling is not None:
+        pool = build_pooling("cls" if pooling == "last" else pooling, model.config.hidden, cls_position=-1)
+    width = pool.out_dim if pool is not None else model.config.hidden
+    dim = width + (1 if with_bias and not normalize else 0)
+    meta = _metadata(model, "users", dim, normalize, with_bias, {**(source or {}), "pooling": pooling or "scorer"})
     ones = torch.ones(batch_size)
     written = 0
     with atomic_path(out) as tmp:
@@ -102,8 +121,13 @@ def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Pa
             for lo in tqdm(range(0, len(sequences), batch_size), desc="export users", unit="batch", leave=False):
                 idx = np.arange(lo, min(lo + batch_size, len(sequences)))
                 part = sequences.select(idx)
-                rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal))
-                vecs = model.user_vectors(rows.to(device)).float().cpu()
+                if pool is None:
+                    rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal))
+                    vecs = model.user_vectors(rows.to(device)).float().cpu()
+                else:
+                    rows = torch.from_numpy(pad_sequences(part, model.config.max_len)).to(device)
+                    enc = model(rows)
+                    vecs = pool(enc.sequence_output, enc.padding_mask).float().cpu()
                 table = _table(part.user_ids, _finish(vecs, normalize, with_bias, ones[:len(idx)]), "user_id")
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
@@ -112,5 +136,5 @@ def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Pa
         finally:
             if writer is not None:
                 writer.close()
-    log.info("exported %d user vectors (dim %d) to %s", written, dim, out)
+    log.info("exported %d user vectors (dim %d, %s) to %s", written, dim, pooling or "scorer", out)
     return written
