@@ -48,5 +48,5 @@ if step ctr; then
   timed ctr $R finetune --task ctr --model-dir "$(model_of "$OUT/pretrain_ctr.txt")" --compare $CTR $EXP
 fi
 if step ablate; then
-  timed ablate $R ablate $EXP
+  timed ablate $R ablate --set "grid.seeds=[0,1,2]" $EXP
 fi
