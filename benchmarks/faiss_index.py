@@ -37,12 +37,14 @@ import faiss
 
 from recbert.index import IndexConfig, VectorIndex, read_embeddings_parquet, recall_at_k
 
-KINDS = ("flat", "ivf_flat", "ivf_pq", "ivf_pq_rerank", "hnsw")  # ivf_pq_rerank: ivf_pq + exact re-ranking
+# ivf_pq_rerank: ivf_pq + exact re-ranking; hnsw_ip_to_l2: hnsw on the MIPS-to-NN reduction
+KINDS = ("flat", "ivf_flat", "ivf_pq", "ivf_pq_rerank", "hnsw", "hnsw_ip_to_l2")
 SWEEPS = {
     "ivf_flat": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
     "ivf_pq": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
     "ivf_pq_rerank": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
     "hnsw": ("ef_search", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)),
+    "hnsw_ip_to_l2": ("ef_search", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)),
 }
 
 
@@ -169,10 +171,11 @@ def single_query_qps(index: VectorIndex, q: np.ndarray, k: int, limit: int, **ov
 
 def config_for(kind: str, args: argparse.Namespace) -> IndexConfig:
     rerank = args.rerank if kind == "ivf_pq_rerank" else 0
+    base = {"ivf_pq_rerank": "ivf_pq", "hnsw_ip_to_l2": "hnsw"}.get(kind, kind)
     return IndexConfig(
-        kind="ivf_pq" if kind == "ivf_pq_rerank" else kind, metric=args.metric, nlist=args.nlist,
+        kind=base, metric=args.metric, nlist=args.nlist,
         pq_m=args.pq_m, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, seed=args.seed,
-        rerank=rerank, device="cpu",
+        rerank=rerank, ip_to_l2=kind == "hnsw_ip_to_l2", device="cpu",
     )
 
 
@@ -265,7 +268,7 @@ def _describe(cfg: IndexConfig) -> str:
         rerank = f", re-rank {cfg.rerank}k" if cfg.rerank else ""
         return f"nlist={cfg.nlist}, PQ{cfg.pq_m}x{cfg.pq_bits}{rerank}"
     if cfg.kind == "hnsw":
-        return f"M={cfg.hnsw_m}, efC={cfg.ef_construction}"
+        return f"M={cfg.hnsw_m}, efC={cfg.ef_construction}{', ip->l2' if cfg.ip_to_l2 else ''}"
     return "exact"
 
 

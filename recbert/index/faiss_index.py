@@ -96,7 +96,8 @@ class VectorIndex:
 
     @property
     def dim(self) -> int:
-        return int(self._index.d)
+        """The dimension of the vectors and queries (without an ``ip_to_l2`` extra coordinate)."""
+        return int(self._index.d) - (1 if self._config.ip_to_l2 else 0)
 
     @property
     def count(self) -> int:
@@ -162,8 +163,10 @@ class VectorIndex:
         id_array = _prepare_ids(ids, n)
         source = _check_source(source)
         where = _device.resolve_device(cfg.device)
+        if cfg.ip_to_l2:
+            x, cfg = _augment_items(x, cfg)
 
-        index, cfg = _new_index(cfg, n, d)
+        index, cfg = _new_index(cfg, n, x.shape[1])
         if cfg.kind in _IVF_KINDS:
             _train(index, x, cfg)
         if where == "gpu":
@@ -255,8 +258,14 @@ class VectorIndex:
                     f"k={k} plus {extra} excluded ids needs {kk} results per query; faiss on "
                     f"GPU returns at most {GPU_MAX_K} (load the index with device='cpu')"
                 )
-            scores, positions = self._index.search(q[start:stop], kk, params=params)
-            if self.metric == "l2":
+            block = q[start:stop]
+            if self._config.ip_to_l2:  # query [q, 0]: |q - x'|^2 = |q|^2 + M^2 - 2 q.x
+                block = np.hstack([block, np.zeros((len(block), 1), dtype=np.float32)])
+            scores, positions = self._index.search(block, kk, params=params)
+            if self._config.ip_to_l2:
+                sq = np.einsum("ij,ij->i", q[start:stop], q[start:stop])[:, None]
+                scores = (sq + float(self._config.max_norm) ** 2 - scores) / 2
+            elif self.metric == "l2":
                 scores = -scores
             found = positions >= 0
             scores = np.where(found, scores, -np.inf).astype(np.float32, copy=False)
@@ -327,7 +336,7 @@ class VectorIndex:
                 "format_version": FORMAT_VERSION,
                 "kind": self.kind,
                 "metric": self.metric,
-                "faiss_metric": faiss_metric_name(self.metric),
+                "faiss_metric": "l2" if self._config.ip_to_l2 else faiss_metric_name(self.metric),
                 "faiss_index_type": type(cpu_index).__name__,
                 "dim": self.dim,
                 "count": self.count,
@@ -399,9 +408,10 @@ class VectorIndex:
             index = faiss.read_index(str(root / INDEX_FILE))
         except RuntimeError as exc:
             raise IndexFileError(f"faiss cannot read {root / INDEX_FILE}: {exc}") from exc
-        faiss_metric = _FAISS_METRIC[faiss_metric_name(meta["metric"])]
+        augmented = bool((meta.get("config") or {}).get("ip_to_l2", False))
+        faiss_metric = _FAISS_METRIC["l2" if augmented else faiss_metric_name(meta["metric"])]
         checks = (
-            ("dim", int(index.d), meta["dim"]),
+            ("dim", int(index.d) - (1 if augmented else 0), meta["dim"]),
             ("count", int(index.ntotal), meta["count"]),
             ("metric_type", int(index.metric_type), int(faiss_metric)),
         )
@@ -435,7 +445,7 @@ class VectorIndex:
 
 def _new_index(cfg: IndexConfig, n: int, d: int) -> tuple[Any, IndexConfig]:
     """An empty (untrained) CPU faiss index and the config with automatic values resolved."""
-    metric = _FAISS_METRIC[faiss_metric_name(cfg.metric)]
+    metric = _FAISS_METRIC["l2" if cfg.ip_to_l2 else faiss_metric_name(cfg.metric)]
     if cfg.kind == "flat":
         return faiss.IndexFlat(d, metric), cfg
     if cfg.kind == "hnsw":
@@ -477,6 +487,15 @@ def _new_index(cfg: IndexConfig, n: int, d: int) -> tuple[Any, IndexConfig]:
         refined.k_factor = float(cfg.rerank)
         return refined, resolved
     return index, resolved
+
+
+def _augment_items(x: np.ndarray, cfg: IndexConfig) -> tuple[np.ndarray, IndexConfig]:
+    """Items ``[x, sqrt(M^2 - |x|^2)]`` (all of norm ``M``) for the MIPS-to-NN reduction."""
+    sq = np.einsum("ij,ij->i", x, x)
+    max_norm = float(np.sqrt(sq.max())) if len(sq) else 1.0
+    max_norm = max(max_norm, 1e-12)
+    extra = np.sqrt(np.maximum(max_norm ** 2 - sq, 0.0)).astype(np.float32)[:, None]
+    return np.hstack([x, extra]), cfg.replace(max_norm=max_norm)
 
 
 def _train(index: Any, x: np.ndarray, cfg: IndexConfig) -> None:

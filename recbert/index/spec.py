@@ -59,6 +59,11 @@ class IndexConfig:
     pq_bits: bits per PQ sub-quantizer code.
     hnsw_m: HNSW graph degree.
     ef_construction / ef_search: HNSW beam widths at build / search time.
+    ip_to_l2: ``hnsw`` with ``metric='ip'`` only: build the graph on items augmented with
+        ``sqrt(M^2 - |x|^2)`` (``M`` = the largest item norm, stored as ``max_norm``) and search
+        with queries augmented with 0, so nearest neighbours in L2 are exactly the largest
+        inner products (the MIPS-to-NN reduction); scores are still inner products. HNSW
+        graphs are built for a metric, and raw inner product is not one.
     rerank: ``ivf_pq`` only: re-rank the best ``rerank * k`` PQ candidates with exact
         distances on the full vectors (faiss ``IndexRefineFlat``; costs ``n * dim * 4`` bytes
         more memory, keeps PQ's fast scan). ``0`` = off.
@@ -82,6 +87,8 @@ class IndexConfig:
     ef_construction: int = 40
     ef_search: int = 256
     rerank: int = 0
+    ip_to_l2: bool = False
+    max_norm: float | None = None  # resolved when an ip_to_l2 index is built
     train_sample: int = 100_000
     seed: int = 0
     device: Device = "auto"
@@ -110,6 +117,14 @@ class IndexConfig:
                 f"IndexConfig.rerank={self.rerank} applies to kind='ivf_pq' only "
                 f"({self.kind!r} already ranks by exact distances)"
             )
+        if self.ip_to_l2 and (self.kind != "hnsw" or self.metric != "ip"):
+            raise IndexConfigError(
+                f"IndexConfig.ip_to_l2 applies to kind='hnsw' with metric='ip' only, "
+                f"got kind={self.kind!r}, metric={self.metric!r}"
+            )
+        if self.max_norm is not None and not (isinstance(self.max_norm, (int, float))
+                                              and math.isfinite(self.max_norm) and self.max_norm > 0):
+            raise IndexConfigError(f"IndexConfig.max_norm={self.max_norm!r} must be a positive number")
         _check_int("train_sample", self.train_sample, minimum=1)
         _check_int("seed", self.seed, minimum=0)
 

@@ -264,6 +264,26 @@ def test_ivf_pq_rerank_recovers_recall_and_survives_save_load(tmp_path, data, it
     np.testing.assert_array_equal(loaded.search(q, 10)[1], ids)
 
 
+def test_hnsw_ip_to_l2_returns_inner_products_and_round_trips(tmp_path, data, item_ids, no_gpu):
+    x, q = data
+    x = x * np.random.default_rng(1).lognormal(0.0, 0.5, size=(len(x), 1)).astype(np.float32)  # varied norms
+    exact_scores, exact = VectorIndex.build(x, item_ids).search(q, 10)
+    config = IndexConfig(kind="hnsw", hnsw_m=16, ef_search=256, ip_to_l2=True)
+    index = VectorIndex.build(x, item_ids, config)
+    assert index.dim == DIM and index.config.max_norm == pytest.approx(float(np.linalg.norm(x, axis=1).max()))
+    scores, ids = index.search(q, 10)
+    assert recall_at_k(ids, exact, 10) >= 0.95
+    # the scores are the items' inner products with the queries, not distances
+    pos = {i: n for n, i in enumerate(item_ids.tolist())}
+    want = np.einsum("ij,ij->i", q, x[[pos[i] for i in ids[:, 0].tolist()]])
+    np.testing.assert_allclose(scores[:, 0], want, rtol=1e-4, atol=1e-4)
+    loaded = VectorIndex.load(index.save(tmp_path / "idx"), expect_dim=DIM, expect_metric="ip")
+    assert loaded.config.ip_to_l2 and loaded.dim == DIM
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], ids)
+    with pytest.raises(IndexConfigError, match="ip_to_l2 applies to kind='hnsw' with metric='ip'"):
+        IndexConfig(kind="hnsw", metric="cosine", ip_to_l2=True)
+
+
 def test_rerank_only_for_ivf_pq():
     with pytest.raises(IndexConfigError, match="rerank=4 applies to kind='ivf_pq' only"):
         IndexConfig(kind="hnsw", rerank=4)
