@@ -4,6 +4,8 @@ top-k recommendations for many users at once."""
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -15,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from recbert.config import TrackingConfig
 from recbert.data.batches import pad_sequences
 from recbert.data.events import load_events
 from recbert.data.sequences import Sequences, build_sequences
@@ -24,9 +27,25 @@ from recbert.exports.embeddings import export_items, export_users, item_matrix
 from recbert.index import IndexConfig, VectorIndex, recall_at_k
 from recbert.io import atomic_path
 from recbert.model.recommender import SequenceRecommender
+from recbert.tracking import Tracker
 from pipelines.train import RUN_CONFIG_FILE, load_run_config
 
 log = logging.getLogger("recbert.pipeline")
+
+RETRIEVAL_EXPERIMENT = "recbert-retrieval"
+
+
+@contextmanager
+def tracked(job: str, params: dict[str, Any], tracking: Optional[TrackingConfig]):
+    """An MLflow run for one retrieval job (``tracking=None``: not tracked). The training
+    run the model came from, when known, is linked by the tag ``recbert.source_run_id``."""
+    tracker = Tracker(tracking if tracking is not None else TrackingConfig(enabled=False))
+    with tracker:
+        tracker.start({k: v for k, v in params.items()}, run_name=job)
+        if params.get("source_run_id"):
+            tracker.set_tag("recbert.source_run_id", str(params["source_run_id"]))
+        tracker.set_tag("recbert.job", job)
+        yield tracker
 
 
 def user_histories(model: SequenceRecommender, model_dir: Path, events: Optional[str] = None) -> Sequences:
@@ -43,22 +62,42 @@ def user_histories(model: SequenceRecommender, model_dir: Path, events: Optional
 
 def run_export(model_dir: Path, what: str, out: Path, events: Optional[str] = None, normalize: bool = False,
                with_bias: bool = True, run_id: Optional[str] = None, batch_size: int = 4096,
-               pooling: Optional[str] = None) -> int:
+               pooling: Optional[str] = None, tracking: Optional[TrackingConfig] = None) -> int:
+    if what not in ("users", "items"):
+        raise DataError(f"--what must be 'users' or 'items', got {what!r}")
+    if what == "items" and pooling is not None:
+        raise DataError("--pooling applies to user exports only")
     model = SequenceRecommender.from_pretrained(model_dir)
     source = {"model_dir": str(model_dir), "run_id": run_id}
-    if what == "items":
-        if pooling is not None:
-            raise DataError("--pooling applies to user exports only")
-        return export_items(model, out, normalize, with_bias, source)
-    if what == "users":
-        seqs = user_histories(model, model_dir, events)
-        return export_users(model, seqs, out, normalize, with_bias, batch_size, source, pooling=pooling)
-    raise DataError(f"--what must be 'users' or 'items', got {what!r}")
+    params = {"what": what, "out": str(out), "model_dir": str(model_dir), "source_run_id": run_id,
+              "events": events, "normalize": normalize, "with_bias": with_bias, "pooling": pooling}
+    with tracked(f"export-{what}", params, tracking) as tracker:
+        started = time.perf_counter()
+        if what == "items":
+            n = export_items(model, out, normalize, with_bias, source)
+        else:
+            seqs = user_histories(model, model_dir, events)
+            n = export_users(model, seqs, out, normalize, with_bias, batch_size, source, pooling=pooling)
+        seconds = time.perf_counter() - started
+        tracker.log_metrics({"rows": n, "seconds": seconds, "rows_per_s": n / max(seconds, 1e-9),
+                             "file_mib": Path(out).stat().st_size / 2**20})
+    return n
 
 
-def run_index_build(embeddings: Path, out: Path, config: IndexConfig, overwrite: bool = False) -> VectorIndex:
-    index = VectorIndex.from_parquet(embeddings, _id_column(embeddings), config=config)
-    index.save(out, overwrite=overwrite)
+def run_index_build(embeddings: Path, out: Path, config: IndexConfig, overwrite: bool = False,
+                    tracking: Optional[TrackingConfig] = None) -> VectorIndex:
+    params = {"embeddings": str(embeddings), "out": str(out), **{f"index.{k}": v for k, v in config.to_dict().items()}}
+    with tracked("index-build", params, tracking) as tracker:
+        started = time.perf_counter()
+        index = VectorIndex.from_parquet(embeddings, _id_column(embeddings), config=config)
+        seconds = time.perf_counter() - started
+        index.save(out, overwrite=overwrite)
+        meta = index.source.get("recbert") if isinstance(index.source.get("recbert"), dict) else {}
+        if meta.get("run_id"):
+            tracker.set_tag("recbert.source_run_id", str(meta["run_id"]))
+        tracker.set_tag("recbert.index_device", index.device)
+        tracker.log_metrics({"count": index.count, "dim": index.dim, "build_s": seconds,
+                             "index_mib": (Path(out) / "index.faiss").stat().st_size / 2**20})
     return index
 
 
@@ -139,12 +178,31 @@ def _select_users(seqs: Sequences, users: Path) -> Sequences:
 def run_batch_recommend(model_dir: Path, index_dir: Path, out: Path, k: int = 10,
                         users: Optional[Path] = None, events: Optional[str] = None,
                         exclude_seen: bool = True, batch_size: int = 4096,
-                        recall_sample: int = 1000, seed: int = 0) -> BatchRecommendResult:
+                        recall_sample: int = 1000, seed: int = 0, run_id: Optional[str] = None,
+                        tracking: Optional[TrackingConfig] = None) -> BatchRecommendResult:
     """Top-``k`` items for each user (all users of the events, or the ``user_id``
     column of ``users``) from the index, written as ``user_id, rank, item_id, score``.
     Users unknown to the events are reported and skipped. For an approximate index,
     recall@k against an exact search over the same vectors is measured on a seeded sample
     of ``recall_sample`` users (0 = skip) and logged."""
+    params = {"model_dir": str(model_dir), "index": str(index_dir), "out": str(out), "k": k,
+              "users": str(users) if users else None, "events": events, "exclude_seen": exclude_seen,
+              "recall_sample": recall_sample, "source_run_id": run_id}
+    with tracked("recommend-batch", params, tracking) as tracker:
+        started = time.perf_counter()
+        result = _batch_recommend(model_dir, index_dir, out, k, users, events, exclude_seen, batch_size,
+                                  recall_sample, seed)
+        seconds = time.perf_counter() - started
+        metrics = {"users": result.users, "seconds": seconds, "users_per_s": result.users / max(seconds, 1e-9)}
+        if result.recall_at_k is not None:
+            metrics[f"recall_at_{k}"] = result.recall_at_k
+        tracker.log_metrics(metrics)
+    return result
+
+
+def _batch_recommend(model_dir: Path, index_dir: Path, out: Path, k: int, users: Optional[Path],
+                     events: Optional[str], exclude_seen: bool, batch_size: int, recall_sample: int,
+                     seed: int) -> BatchRecommendResult:
     mi = ModelIndex.load(model_dir, index_dir)
     model, index = mi.model, mi.index
     seqs = user_histories(model, model_dir, events)

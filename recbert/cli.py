@@ -160,6 +160,17 @@ def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int
 
 
 # -- export / index / batch recommendations ---------------------------------------------------
+no_mlflow_option = click.option("--no-mlflow", is_flag=True, help="Do not track this job in MLflow.")
+
+
+def _retrieval_tracking(no_mlflow: bool):
+    """Retrieval jobs are MLflow runs in the 'recbert-retrieval' experiment (unless --no-mlflow)."""
+    from recbert.config import TrackingConfig
+    from pipelines.retrieval import RETRIEVAL_EXPERIMENT
+
+    return TrackingConfig(enabled=not no_mlflow, experiment=RETRIEVAL_EXPERIMENT)
+
+
 @cli.command("export")
 @with_model
 @click.option("--what", type=click.Choice(["users", "items"]), required=True)
@@ -171,12 +182,13 @@ def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int
 @click.option("--pooling", type=click.Choice(["mean", "max", "mean_max", "last"]),
               help="Users: pool the encoder's output over the history instead of the scorer's user vector "
                    "(features for other models; no bias column).")
-def export(run_id, model_dir, what, out, events, normalize, no_bias, batch_size, pooling) -> None:
+@no_mlflow_option
+def export(run_id, model_dir, what, out, events, normalize, no_bias, batch_size, pooling, no_mlflow) -> None:
     """Export user or item embeddings (original ids) to parquet."""
     from pipelines.retrieval import run_export
 
     n = run_export(_model_dir(model_dir, run_id), what, out, events, normalize, not no_bias, run_id, batch_size,
-                   pooling)
+                   pooling, tracking=_retrieval_tracking(no_mlflow))
     click.echo(f"wrote {n} {what} to {out}")
 
 
@@ -194,7 +206,8 @@ def index_group() -> None:
 @click.option("--overwrite", is_flag=True)
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Index parameter, e.g. --set nlist=1024 --set nprobe=16 --set ef_search=128.")
-def index_build(embeddings, out, kind, metric, device, overwrite, overrides) -> None:
+@no_mlflow_option
+def index_build(embeddings, out, kind, metric, device, overwrite, overrides, no_mlflow) -> None:
     """Build and save an index (exact inner product by default)."""
     from recbert.config import build_section, parse_overrides
     from recbert.index import IndexConfig
@@ -202,7 +215,7 @@ def index_build(embeddings, out, kind, metric, device, overwrite, overrides) -> 
 
     base = IndexConfig(kind=kind, metric=metric, device=device)
     config = build_section(IndexConfig, parse_overrides(list(overrides)), "", base)
-    index = run_index_build(embeddings, out, config, overwrite)
+    index = run_index_build(embeddings, out, config, overwrite, tracking=_retrieval_tracking(no_mlflow))
     click.echo(f"wrote {out}: {index!r}")
 
 
@@ -216,12 +229,14 @@ def index_build(embeddings, out, kind, metric, device, overwrite, overrides) -> 
 @click.option("--keep-seen", is_flag=True, help="Allow items already in a user's history.")
 @click.option("--recall-sample", default=1000, show_default=True,
               help="Approximate index: measure recall@k against exact search on this many sampled users (0 = skip).")
-def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, keep_seen, recall_sample) -> None:
+@no_mlflow_option
+def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, keep_seen, recall_sample,
+                    no_mlflow) -> None:
     """Top-k recommendations for many users through a Faiss index."""
     from pipelines.retrieval import run_batch_recommend
 
     res = run_batch_recommend(_model_dir(model_dir, run_id), index_dir, out, top_k, users, events, not keep_seen,
-                              recall_sample=recall_sample)
+                              recall_sample=recall_sample, run_id=run_id, tracking=_retrieval_tracking(no_mlflow))
     click.echo(f"wrote top-{top_k} for {res.users} users to {out}")
     if res.recall_at_k is not None:
         click.echo(f"recall@{top_k} vs exact search: {res.recall_at_k:.4f} ({res.recall_users} sampled users)")

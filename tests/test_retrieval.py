@@ -155,3 +155,24 @@ def test_index_from_another_model_is_rejected(trained, tmp_path):
     assert not (tmp_path / "r.parquet").exists()
     with pytest.raises(FileNotFoundError):
         run_batch_recommend(model_dir, tmp_path / "missing-idx", tmp_path / "r.parquet")
+
+
+def test_retrieval_jobs_are_tracked_in_mlflow(trained, mlflow_uri, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    _, model_dir, _ = trained
+    common = ["--model-dir", str(model_dir)]
+    assert main(["export", *common, "--what", "items", "--out", str(tmp_path / "items.parquet")]) == 0
+    assert main(["index", "build", "--embeddings", str(tmp_path / "items.parquet"), "--out", str(tmp_path / "idx"),
+                 "--kind", "ivf_flat", "--set", "nlist=4", "--set", "nprobe=1"]) == 0
+    assert main(["recommend-batch", *common, "--index", str(tmp_path / "idx"), "--out", str(tmp_path / "r.parquet"),
+                 "-k", "5", "--recall-sample", "40"]) == 0
+    assert main(["export", *common, "--what", "users", "--out", str(tmp_path / "u.parquet"), "--no-mlflow"]) == 0
+    client = MlflowClient(mlflow_uri)
+    exp = client.get_experiment_by_name("recbert-retrieval")
+    runs = {r.data.tags["recbert.job"]: r for r in client.search_runs([exp.experiment_id])}
+    assert set(runs) == {"export-items", "index-build", "recommend-batch"}  # --no-mlflow left no run
+    assert runs["export-items"].data.metrics["rows"] == 60 and runs["export-items"].data.params["what"] == "items"
+    assert runs["index-build"].data.params["index.kind"] == "ivf_flat" and runs["index-build"].data.metrics["count"] == 60
+    rec = runs["recommend-batch"].data
+    assert rec.metrics["users"] == 300 and 0 < rec.metrics["recall_at_5"] <= 1 and rec.params["k"] == "5"
