@@ -57,6 +57,7 @@ class ExperimentConfig:
 
     events: str = "data/ml-100k/events.parquet"
     users: str = "data/ml-100k/users.parquet"
+    label_column: Optional[str] = None  # task 'label': the users table's categorical column to predict
     items: str = "data/ml-100k/items.parquet"
     epochs: int = 5
     batch_size: int = 64
@@ -327,7 +328,8 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
     exp = config.experiment
     variants = _variants(variants)
     backbones = Backbones(model_dir, config.model, exp.events)
-    data = build_user_task(task, exp.events, exp.users, backbones.vocab, _window(config, backbones.config))
+    data = build_user_task(task, exp.events, exp.users, backbones.vocab, _window(config, backbones.config),
+                           label_column=exp.label_column)
     head_cfg = dataclasses.replace(config.head, task="binary" if data.binary else "multiclass",
                                    n_classes=data.n_classes,
                                    aux_head=config.head.aux_head or config.finetune.aux == "head")
@@ -403,7 +405,8 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
                            dataclasses.replace(config.finetune, seed=seed), exp.epochs, higher_is_better=False,
                            device="cpu")
             cv = {k: round(v[0], 6) for k, v in result.summary()[variants[0]].items() if math.isfinite(v[0])}
-            model.metadata = {"task": task, "classes": list(data.classes), "window": int(data.rows.shape[1]),
+            model.metadata = {"task": task, "label_column": exp.label_column if task == "label" else None,
+                              "classes": list(data.classes), "window": int(data.rows.shape[1]),
                               "variant": variants[0], "source_model_dir": str(model_dir) if model_dir else None,
                               "cv_metrics": cv, "val_log_loss": round(res.best_metric, 6),
                               "mlflow_run_id": parent.run_id}

@@ -265,7 +265,8 @@ def index_query(run_id, model_dir, index_dir, user_id, items, events, top_k, kee
 
 # -- experiments: fine-tuning and ablations -----------------------------------------------------
 @cli.command("finetune")
-@click.option("--task", type=click.Choice(["gender", "age", "occupation", "ctr"]), required=True)
+@click.option("--task", type=click.Choice(["gender", "age", "occupation", "label", "ctr"]), required=True,
+              help="label: your own users table (experiment.users) and its column experiment.label_column.")
 @with_model
 @click.option("--scratch", is_flag=True, help="Fine-tune a freshly initialised encoder (same ModelConfig) "
               "instead of the pretrained one.")
@@ -280,7 +281,8 @@ def index_query(run_id, model_dir, index_dir, user_id, items, events, top_k, kee
                    "classification: refit on all users; ctr: the first seed's model.")
 def finetune_cmd(task, run_id, model_dir, scratch, compare, folds, epochs, config, overrides, no_mlflow,
                  save_model) -> None:
-    """Fine-tune a head on a MovieLens-100K task (user gender / age / occupation or CTR) and
+    """Fine-tune a head on a user-classification task (MovieLens gender / age / occupation,
+    or `label`: any categorical column of your users table) or on MovieLens CTR, and
     compare it with a scikit-learn baseline. Keys: experiment.*, model.* (scratch without a
     model), head.*, ctr.*, finetune.*, tracking.*."""
     from pipelines.finetune import FinetuneRunConfig, metric_names, run_task

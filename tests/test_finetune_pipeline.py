@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ from pipelines.finetune import (Backbones, FinetuneRunConfig, classification_met
                                 run_classification, run_ctr)
 from recbert.cli import main
 from recbert.config import ModelConfig
-from recbert.errors import ConfigError
+from recbert.errors import ConfigError, DataError
 from recbert.model.recommender import SequenceRecommender
 from tests.conftest import REPO
 
@@ -100,3 +101,30 @@ def test_runs_are_reproducible(pretrained_dir):
     a = run_classification(pretrained_dir, "gender", cfg)
     b = run_classification(pretrained_dir, "gender", cfg)
     assert a.runs == b.runs and list(a.runs) == ["pretrained"]
+
+
+def test_classification_on_a_label_column_of_your_own(tmp_path):
+    users = pl.read_parquet(ML / "users.parquet")
+    own = users.select("user_id", pl.when(pl.col("age") >= 35).then(pl.lit("older")).otherwise(pl.lit("younger"))
+                       .alias("segment"))
+    own = own.with_columns(pl.when(pl.col("user_id") % 50 == 0).then(None).otherwise(pl.col("segment"))
+                           .alias("segment"))  # a few users without a label
+    own.write_parquet(tmp_path / "own.parquet")
+    sets = TINY + DATA + ["experiment.folds=2", "experiment.epochs=1", "tracking.enabled=false",
+                          f"experiment.users={tmp_path / 'own.parquet'}", "experiment.label_column=segment"]
+    res = run_classification(None, "label", FinetuneRunConfig.load(None, sets), variants=("scratch",))
+    assert res.info["classes"] == ["older", "younger"] and res.info["users"] == 943 - 18
+    assert np.mean([m["auc"] for m in res.runs["tfidf_logreg"]]) > 0.6  # age is visible in what people rate
+
+    def fails(extra, match):
+        with pytest.raises(DataError, match=match):
+            run_classification(None, "label", FinetuneRunConfig.load(None, sets + extra), variants=("scratch",))
+
+    fails(["experiment.label_column=churn"], r"needs columns user_id and 'churn'")
+    own.with_columns(pl.lit("x").alias("segment")).write_parquet(tmp_path / "one.parquet")
+    fails([f"experiment.users={tmp_path / 'one.parquet'}"], "single class")
+    own.with_columns(pl.col("user_id").cast(pl.String)).write_parquet(tmp_path / "str.parquet")
+    fails([f"experiment.users={tmp_path / 'str.parquet'}"], "user_id is Int64 in the events but String")
+    with pytest.raises(DataError, match="experiment.label_column"):
+        run_classification(None, "label", FinetuneRunConfig.load(None, TINY + DATA + ["tracking.enabled=false"]),
+                           variants=("scratch",))

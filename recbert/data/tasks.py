@@ -10,6 +10,8 @@ User classification (``build_user_task``): one sample per user, the user's most 
 * ``age``: seven buckets as in MovieLens-1M: ``<18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+``
   (the bucket edges are :data:`AGE_EDGES`).
 * ``occupation``: the 21 occupation strings of ML-100K, sorted alphabetically.
+* ``label``: any categorical column of your own users table (``label_column``); classes
+  are its distinct values, sorted as strings; users with a null label are left out.
 
 CTR (``build_ctr_task``): each user's ratings ordered by time (ties keep file order). The
 sample for event ``j`` is (history = the user's events with a timestamp STRICTLY before
@@ -31,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import polars as pl
@@ -39,7 +42,7 @@ from recbert.data.batches import left_pad
 from recbert.data.vocab import ItemVocab
 from recbert.errors import DataError
 
-USER_TASKS = ("gender", "age", "occupation")
+USER_TASKS = ("gender", "age", "occupation", "label")  # 'label': a column named by the caller
 TASKS = USER_TASKS + ("ctr",)
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # bucket i holds ages in [EDGES[i-1], EDGES[i])
 AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
@@ -98,38 +101,56 @@ class UserTask:
         return len(self.labels)
 
 
-def user_labels(task: str, users) -> tuple[pl.DataFrame, list[str]]:
+def user_labels(task: str, users, label_column: Optional[str] = None) -> tuple[pl.DataFrame, list[str]]:
     """``user_id, label`` for ``task`` and the class names (index = label)."""
     if task not in USER_TASKS:
         raise DataError(f"unknown user task {task!r}; choose one of {list(USER_TASKS)}")
     u = _frame(users, "users")
-    col = "age" if task == "age" else task
+    if task == "label":
+        if not label_column:
+            raise DataError("task 'label' needs the users table's label column (experiment.label_column)")
+        col = label_column
+    else:
+        col = task
+    where = f"users file {users}" if not isinstance(users, pl.DataFrame) else "users table"
     if col not in u.columns or "user_id" not in u.columns:
-        raise DataError(f"users table needs user_id and {col}; found {u.columns}")
+        raise DataError(f"{where} needs columns user_id and {col!r}; found {u.columns}")
     u = u.select("user_id", col).drop_nulls()
+    if u.height == 0:
+        raise DataError(f"{where}: column {col!r} has no non-null labels")
+    if u["user_id"].n_unique() != u.height:
+        raise DataError(f"{where}: user_id is not unique ({u.height - u['user_id'].n_unique()} duplicate rows)")
     if task == "age":
         return u.with_columns(pl.Series("label", age_bucket(u["age"].to_numpy()))).select("user_id", "label"), \
             list(AGE_LABELS)
     classes = sorted(u[col].cast(pl.String).unique().to_list())
+    if len(classes) < 2:
+        raise DataError(f"{where}: column {col!r} has a single class {classes}; a classifier needs at least 2")
     index = {c: i for i, c in enumerate(classes)}
     labels = np.array([index[v] for v in u[col].cast(pl.String).to_list()], dtype=np.int64)
     return u.with_columns(pl.Series("label", labels)).select("user_id", "label"), classes
 
 
-def build_user_task(task: str, events, users, vocab: ItemVocab, max_len: int) -> UserTask:
+def build_user_task(task: str, events, users, vocab: ItemVocab, max_len: int,
+                    label_column: Optional[str] = None) -> UserTask:
     """Users with both events and a label; each row = newest ``max_len`` items as tokens."""
-    labels, classes = user_labels(task, users)
+    labels, classes = user_labels(task, users, label_column)
     df = _sorted_events(events)
     uid = df["user_id"].to_numpy()
     starts, ends = _user_bounds(uid)
     tokens = vocab.encode(df["item_id"])
     user_ids = uid[starts]
-    lab = pl.DataFrame({"user_id": user_ids}).join(labels, on="user_id", how="left", maintain_order="left")["label"]
+    ids = pl.DataFrame({"user_id": user_ids})
+    if ids["user_id"].dtype != labels["user_id"].dtype:
+        raise DataError(f"user_id is {ids['user_id'].dtype} in the events but {labels['user_id'].dtype} in the "
+                        "users table; store both with the same type")
+    lab = ids.join(labels, on="user_id", how="left", maintain_order="left")["label"]
     keep = lab.is_not_null().to_numpy()
     if not keep.any():
-        raise DataError(f"no user in the events has a {task} label")
+        raise DataError(f"no user in the events has a {label_column if task == 'label' else task} label")
     rows = left_pad(tokens, starts[keep], ends[keep], max_len)
-    return UserTask(task, user_ids[keep], rows, lab.to_numpy()[keep].astype(np.int64), classes)
+    name = label_column if task == "label" else task
+    return UserTask(name, user_ids[keep], rows, lab.to_numpy()[keep].astype(np.int64), classes)
 
 
 # -- CTR ---------------------------------------------------------------------------------------
