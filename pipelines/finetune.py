@@ -265,6 +265,25 @@ def _batches(arrays: Sequence[np.ndarray], batch_size: int, seed: int) -> Callab
     return fn
 
 
+def _fit(model: torch.nn.Module, arrays: Sequence[np.ndarray], val_fn: Callable, cfg: FinetuneConfig,
+         exp: ExperimentConfig, seed: int, higher_is_better: bool):
+    """``finetune`` on shuffled batches of ``arrays`` (history rows first, labels last)."""
+    steps = math.ceil(len(arrays[0]) / exp.batch_size)
+    return finetune(model, _batches(arrays, exp.batch_size, seed), val_fn, dataclasses.replace(cfg, seed=seed),
+                    exp.epochs, higher_is_better=higher_is_better, device="cpu", steps_per_epoch=steps)
+
+
+def _stratified_split(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+    """(train, validation) positions of ``idx``, stratified by ``labels`` when every class
+    is frequent enough, else a plain seeded split."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError:  # a class too rare to stratify the validation slice
+        return train_test_split(idx, test_size=fraction, random_state=seed)
+
+
 @torch.no_grad()
 def _predict(fn: Callable[..., torch.Tensor], arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
     outs = []
@@ -319,7 +338,7 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
     """K-fold user classification (see the module docstring). With ``save_dir``, one more
     model of the first variant is fine-tuned on every user (a stratified validation slice
     for early stopping) and saved there with its task, classes and the CV metrics."""
-    from sklearn.model_selection import StratifiedKFold, train_test_split
+    from sklearn.model_selection import StratifiedKFold
 
     if task not in USER_TASKS:
         raise ConfigError(f"classification task must be one of {list(USER_TASKS)}, got {task!r}")
@@ -342,6 +361,13 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
     result = ExperimentResult(task, None, info={"users": len(data), "classes": data.classes,
                                                 "window": data.rows.shape[1]})
 
+    def proba(m: SequenceClassifier, idx: np.ndarray) -> np.ndarray:
+        logits = _predict(m, [data.rows[idx]], exp.eval_batch_size)
+        return 1 / (1 + np.exp(-logits)) if data.binary else _softmax(logits)
+
+    def metrics(m: SequenceClassifier, idx: np.ndarray) -> dict[str, float]:
+        return classification_metrics(data.labels[idx], proba(m, idx), data.n_classes)
+
     parent = Tracker(config.tracking, parent_run_id=parent_run_id)
     with parent:
         parent.start({**config.flat(), "task": task, "model_dir": str(model_dir), "variants": ",".join(variants)},
@@ -349,11 +375,7 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
         for seed in exp.seeds:
             skf = StratifiedKFold(n_splits=exp.folds, shuffle=True, random_state=seed)
             for fold, (trval, test) in enumerate(skf.split(data.rows, data.labels)):
-                try:
-                    train, val = train_test_split(trval, test_size=exp.val_fraction, random_state=seed,
-                                                  stratify=data.labels[trval])
-                except ValueError:  # a class too rare to stratify the validation slice
-                    train, val = train_test_split(trval, test_size=exp.val_fraction, random_state=seed)
+                train, val = _stratified_split(trval, data.labels[trval], exp.val_fraction, seed)
                 tag = {"seed": seed, "fold": fold}
                 if exp.baselines:
                     m = classification_metrics(data.labels[test], tfidf_baseline(
@@ -363,21 +385,15 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
                            {**tag, "variant": "tfidf_logreg"}, m)
                 for variant in variants:
                     model = SequenceClassifier(backbones.make(variant, seed * 1000 + fold), head_cfg)
-                    ft = dataclasses.replace(config.finetune, seed=seed * 1000 + fold)
                     curve: list[dict[str, float]] = []
 
-                    def proba(m: SequenceClassifier, idx: np.ndarray) -> np.ndarray:
-                        logits = _predict(m, [data.rows[idx]], exp.eval_batch_size)
-                        return 1 / (1 + np.exp(-logits)) if data.binary else _softmax(logits)
-
                     def val_fn(m: SequenceClassifier) -> float:
-                        curve.append(classification_metrics(data.labels[test], proba(m, test), data.n_classes))
-                        return classification_metrics(data.labels[val], proba(m, val), data.n_classes)["log_loss"]
+                        curve.append(metrics(m, test))
+                        return metrics(m, val)["log_loss"]
 
-                    res = finetune(model, _batches([data.rows[train], labels_t[train]], exp.batch_size,
-                                                   seed * 1000 + fold),
-                                   val_fn, ft, exp.epochs, higher_is_better=False, device="cpu")
-                    m = classification_metrics(data.labels[test], proba(model, test), data.n_classes)
+                    res = _fit(model, [data.rows[train], labels_t[train]], val_fn, config.finetune, exp,
+                               seed * 1000 + fold, higher_is_better=False)
+                    m = metrics(model, test)
                     m["best_epoch"] = res.best_epoch + 1
                     result.runs.setdefault(variant, []).append(m)
                     result.curves.setdefault(variant, []).append(curve)
@@ -389,21 +405,10 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
         _log_summary(parent, result, CLASSIFICATION_METRICS, "auc" if data.binary else "accuracy")
         if save_dir is not None:
             seed = exp.seeds[0]
-            idx = np.arange(len(data))
-            try:
-                train, val = train_test_split(idx, test_size=exp.val_fraction, random_state=seed, stratify=data.labels)
-            except ValueError:
-                train, val = train_test_split(idx, test_size=exp.val_fraction, random_state=seed)
+            train, val = _stratified_split(np.arange(len(data)), data.labels, exp.val_fraction, seed)
             model = SequenceClassifier(backbones.make(variants[0], seed), head_cfg)
-
-            def final_val(m: SequenceClassifier) -> float:
-                logits = _predict(m, [data.rows[val]], exp.eval_batch_size)
-                p = 1 / (1 + np.exp(-logits)) if data.binary else _softmax(logits)
-                return classification_metrics(data.labels[val], p, data.n_classes)["log_loss"]
-
-            res = finetune(model, _batches([data.rows[train], labels_t[train]], exp.batch_size, seed), final_val,
-                           dataclasses.replace(config.finetune, seed=seed), exp.epochs, higher_is_better=False,
-                           device="cpu")
+            res = _fit(model, [data.rows[train], labels_t[train]], lambda m: metrics(m, val)["log_loss"],
+                       config.finetune, exp, seed, higher_is_better=False)
             cv = {k: round(v[0], 6) for k, v in result.summary()[variants[0]].items() if math.isfinite(v[0])}
             model.metadata = {"task": task, "label_column": exp.label_column if task == "label" else None,
                               "classes": list(data.classes), "window": int(data.rows.shape[1]),
@@ -503,7 +508,6 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
                        {"seed": seed, "variant": "features_logreg"}, m)
             for variant in variants:
                 model = CTRModel(backbones.make(variant, seed), ctr_cfg)
-                ft = dataclasses.replace(config.finetune, seed=seed)
                 curve: list[dict[str, float]] = []
 
                 def proba(m: CTRModel, s: CTRSplit) -> np.ndarray:
@@ -514,8 +518,8 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
                     curve.append(ctr_metrics(test.labels, proba(m, test)))
                     return ctr_metrics(val.labels, proba(m, val))["auc"]
 
-                res = finetune(model, _batches([train.rows, train.candidates, train.labels], exp.batch_size, seed),
-                               val_fn, ft, exp.epochs, higher_is_better=True, device="cpu")
+                res = _fit(model, [train.rows, train.candidates, train.labels], val_fn, config.finetune, exp, seed,
+                           higher_is_better=True)
                 m = ctr_metrics(test.labels, proba(model, test))
                 m["best_epoch"] = res.best_epoch + 1
                 result.runs.setdefault(variant, []).append(m)

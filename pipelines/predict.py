@@ -18,10 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pandas as pd
-import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from recbert.data.batches import pad_sequences
@@ -30,39 +27,10 @@ from recbert.data.sequences import Sequences, build_sequences
 from recbert.data.vocab import UNK
 from recbert.errors import DataError
 from recbert.heads import CTRModel, SequenceClassifier, load_head
-from recbert.io import atomic_path
+from recbert.io import write_parquet_batches
+from pipelines.inputs import id_array, read_columns, select_users, user_positions
 
 log = logging.getLogger("recbert.predict")
-
-
-def _ids(values: np.ndarray) -> pa.Array:
-    return pa.array(values.tolist() if values.dtype == object else values)
-
-
-def _read_column_table(path: Path, columns: list[str]) -> pl.DataFrame:
-    if not Path(path).is_file():
-        raise DataError(f"{path} does not exist")
-    names = pq.read_schema(path).names
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise DataError(f"{path} lacks column(s) {missing} (columns: {names})")
-    df = pl.read_parquet(path, columns=columns)
-    for c in columns:
-        nulls = df[c].null_count()
-        if nulls:
-            raise DataError(f"{path}: column {c!r} has {nulls} null value(s)")
-    if df.height == 0:
-        raise DataError(f"{path} has no rows")
-    return df
-
-
-def _positions(seqs: Sequences, wanted: np.ndarray, what: str) -> np.ndarray:
-    pos = pd.Index(seqs.user_ids).get_indexer(wanted)
-    unknown = int((pos < 0).sum())
-    if unknown:
-        sample = [str(u) for u in wanted[pos < 0][:5]]
-        log.warning("%d of %d %s have no events and are skipped (e.g. %s)", unknown, len(wanted), what, sample)
-    return pos
 
 
 @torch.no_grad()
@@ -86,28 +54,10 @@ def run_predict(head_dir: Path, events: str, out: Path, users: Optional[Path] = 
     raise DataError(f"{head_dir} holds a {type(model).__name__}, which recbert predict does not handle")
 
 
-def _write_batches(out: Path, tables) -> int:
-    written = 0
-    with atomic_path(out) as tmp:
-        writer = None
-        try:
-            for table in tables:
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-                written += table.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-    return written
-
-
 def _predict_classes(model: SequenceClassifier, seqs: Sequences, users: Optional[Path], out: Path,
                      window: int, batch_size: int) -> int:
     if users is not None:
-        wanted = _read_column_table(users, ["user_id"])["user_id"].to_numpy()
-        pos = _positions(seqs, wanted, "requested users")
-        seqs = seqs.select(pos[pos >= 0])
+        seqs = select_users(seqs, users)
     if len(seqs) == 0:
         raise DataError("no users to predict for")
     classes = model.metadata.get("classes")
@@ -122,21 +72,21 @@ def _predict_classes(model: SequenceClassifier, seqs: Sequences, users: Optional
             if model.head_config.task == "binary":
                 p = np.stack([1 - p, p], axis=1)
             best = p.argmax(1) if model.head_config.task != "multilabel" else None
-            cols = {"user_id": _ids(part.user_ids)}
+            cols = {"user_id": id_array(part.user_ids)}
             if best is not None:
                 cols["prediction"] = pa.array([classes[i] for i in best] if classes is not None else best)
                 cols["probability"] = pa.array(p[np.arange(len(p)), best].astype(np.float32))
             cols["proba"] = pa.FixedSizeListArray.from_arrays(pa.array(p.astype(np.float32).reshape(-1)), p.shape[1])
             yield pa.table(cols)
 
-    n = _write_batches(out, tables())
+    n = write_parquet_batches(out, tables())
     log.info("wrote predictions for %d users to %s", n, out)
     return n
 
 
 def _predict_clicks(model: CTRModel, seqs: Sequences, pairs: Path, out: Path, window: int, batch_size: int) -> int:
-    df = _read_column_table(pairs, ["user_id", "item_id"])
-    pos = _positions(seqs, df["user_id"].to_numpy(), "candidate rows' users")
+    df = read_columns(pairs, ["user_id", "item_id"])
+    pos = user_positions(seqs, df["user_id"].to_numpy(), "candidate rows' users")
     keep = np.flatnonzero(pos >= 0)
     if len(keep) == 0:
         raise DataError(f"none of the users in {pairs} has events")
@@ -153,9 +103,9 @@ def _predict_clicks(model: CTRModel, seqs: Sequences, pairs: Path, out: Path, wi
             hist = seqs.select(pos[keep[sl]])
             rows = torch.from_numpy(pad_sequences(hist, window))
             p = model.predict_proba(rows, torch.from_numpy(tokens[sl].astype(np.int64))).numpy()
-            yield pa.table({"user_id": _ids(users[sl]), "item_id": _ids(items[sl]),
+            yield pa.table({"user_id": id_array(users[sl]), "item_id": id_array(items[sl]),
                             "click_proba": pa.array(p.astype(np.float32))})
 
-    n = _write_batches(out, tables())
+    n = write_parquet_batches(out, tables())
     log.info("wrote %d click probabilities to %s", n, out)
     return n

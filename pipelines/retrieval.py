@@ -12,7 +12,6 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 import pandas as pd
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -23,11 +22,12 @@ from recbert.data.events import load_events
 from recbert.data.sequences import Sequences, build_sequences
 from recbert.data.vocab import N_SPECIAL
 from recbert.errors import DataError
-from recbert.exports.embeddings import export_items, export_users, item_matrix
+from recbert.exports.embeddings import export_items, export_users, item_matrix, user_query_vectors
 from recbert.index import IndexConfig, VectorIndex, recall_at_k
-from recbert.io import atomic_path
+from recbert.io import write_parquet_batches
 from recbert.model.recommender import SequenceRecommender
 from recbert.tracking import Tracker
+from pipelines.inputs import id_array, select_users
 from pipelines.train import RUN_CONFIG_FILE, load_run_config
 
 log = logging.getLogger("recbert.pipeline")
@@ -41,7 +41,7 @@ def tracked(job: str, params: dict[str, Any], tracking: Optional[TrackingConfig]
     run the model came from, when known, is linked by the tag ``recbert.source_run_id``."""
     tracker = Tracker(tracking if tracking is not None else TrackingConfig(enabled=False))
     with tracker:
-        tracker.start({k: v for k, v in params.items()}, run_name=job)
+        tracker.start(params, run_name=job)
         if params.get("source_run_id"):
             tracker.set_tag("recbert.source_run_id", str(params["source_run_id"]))
         tracker.set_tag("recbert.job", job)
@@ -138,15 +138,9 @@ class ModelIndex:
                             f"{expected_dim}: was it built from another model's export?")
         return cls(model, index, with_bias, normalized)
 
-    @torch.no_grad()
     def queries(self, rows: torch.Tensor) -> np.ndarray:
         """Query vectors for left-padded input rows (as ``inference_rows`` / ``pad_sequences`` give)."""
-        q = self.model.user_vectors(rows)
-        if self.normalized:
-            q = torch.nn.functional.normalize(q, dim=1)
-        elif self.with_bias:
-            q = torch.cat([q, torch.ones(len(q), 1)], dim=1)
-        return q.numpy()
+        return user_query_vectors(self.model, rows, self.normalized, self.with_bias)
 
     def seen(self, part: Sequences) -> list[np.ndarray]:
         return [self.model.vocab.decode(r[r >= N_SPECIAL]) for r in np.split(part.items, part.offsets[1:-1])]
@@ -159,19 +153,6 @@ class ModelIndex:
         x = item_matrix(self.model, self.normalized, self.with_bias and not self.normalized)
         return VectorIndex.build(x, self.model.vocab.item_ids, IndexConfig(kind="flat", metric=self.index.metric,
                                                                             device="cpu"))
-
-
-def _select_users(seqs: Sequences, users: Path) -> Sequences:
-    if not Path(users).is_file():
-        raise DataError(f"users file {users} does not exist")
-    if "user_id" not in pq.read_schema(users).names:
-        raise DataError(f"{users} has no user_id column")
-    wanted = pl.read_parquet(users, columns=["user_id"])["user_id"].to_numpy()
-    pos = pd.Index(seqs.user_ids).get_indexer(wanted)
-    unknown = int((pos < 0).sum())
-    if unknown:
-        log.warning("%d of %d requested users have no events and are skipped", unknown, len(wanted))
-    return seqs.select(pos[pos >= 0])
 
 
 @torch.no_grad()
@@ -207,32 +188,23 @@ def _batch_recommend(model_dir: Path, index_dir: Path, out: Path, k: int, users:
     model, index = mi.model, mi.index
     seqs = user_histories(model, model_dir, events)
     if users is not None:
-        seqs = _select_users(seqs, users)
+        seqs = select_users(seqs, users)
     if len(seqs) == 0:
         raise DataError("no users to recommend for")
-    written = 0
-    with atomic_path(out) as tmp:
-        writer = None
-        try:
-            for lo in range(0, len(seqs), batch_size):
-                part = seqs.select(np.arange(lo, min(lo + batch_size, len(seqs))))
-                exclude = mi.seen(part) if exclude_seen else None
-                scores, ids = index.search(mi.queries(mi.rows(part)), k, exclude=exclude)
-                n = len(part)
-                table = pa.table({
-                    "user_id": pa.array(np.repeat(part.user_ids, k).tolist() if part.user_ids.dtype == object
-                                        else np.repeat(part.user_ids, k)),
-                    "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)),
-                    "item_id": pa.array(ids.reshape(-1).tolist() if ids.dtype == object else ids.reshape(-1)),
-                    "score": pa.array(scores.reshape(-1).astype(np.float32)),
-                })
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema)
-                writer.write_table(table)
-                written += n
-        finally:
-            if writer is not None:
-                writer.close()
+
+    def tables():
+        for lo in range(0, len(seqs), batch_size):
+            part = seqs.select(np.arange(lo, min(lo + batch_size, len(seqs))))
+            exclude = mi.seen(part) if exclude_seen else None
+            scores, ids = index.search(mi.queries(mi.rows(part)), k, exclude=exclude)
+            yield pa.table({
+                "user_id": id_array(np.repeat(part.user_ids, k)),
+                "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), len(part))),
+                "item_id": id_array(ids.reshape(-1)),
+                "score": pa.array(scores.reshape(-1).astype(np.float32)),
+            })
+
+    written = write_parquet_batches(out, tables()) // k  # k rows per user
     log.info("wrote top-%d recommendations for %d users to %s", k, written, out)
     result = BatchRecommendResult(written)
     if index.kind != "flat" and recall_sample > 0:

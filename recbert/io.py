@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Optional
 
 
 @contextlib.contextmanager
@@ -51,3 +51,28 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_parquet_batches(path: str | Path, tables: Iterable, metadata: Optional[dict] = None) -> int:
+    """Stream pyarrow tables (one schema) into one parquet file at ``path``, atomically;
+    ``metadata`` replaces the schema metadata. Returns the number of rows written; an
+    iterable that yields nothing writes nothing and leaves ``path`` untouched."""
+    import pyarrow.parquet as pq
+
+    written = 0
+    with atomic_path(path) as tmp:
+        writer = None
+        try:
+            for table in tables:
+                if metadata is not None:
+                    table = table.replace_schema_metadata(metadata)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+                written += table.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"nothing to write to {path}")
+    return written

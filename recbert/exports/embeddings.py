@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from recbert.data.batches import pad_sequences
 from recbert.data.sequences import Sequences
 from recbert.errors import DataError
-from recbert.io import atomic_path
+from recbert.io import atomic_path, write_parquet_batches
 from recbert.model.pooling import build_pooling
 from recbert.model.recommender import SequenceRecommender
 
@@ -68,6 +68,16 @@ def item_matrix(model: SequenceRecommender, normalize: bool = False, with_bias: 
     """``[n_items, dim]`` float32: the vectors ``export_items`` writes, in vocabulary order."""
     vecs = model.item_vectors().detach().float().cpu()
     return _finish(vecs, normalize, with_bias, model.scorer.bias.detach().float().cpu()).astype(np.float32)
+
+
+@torch.no_grad()
+def user_query_vectors(model: SequenceRecommender, rows: torch.Tensor, normalize: bool = False,
+                       with_bias: bool = True) -> np.ndarray:
+    """``[B, dim]`` float32 user vectors for input rows (as ``pad_sequences(...,
+    append_mask=not model.causal)`` gives): the scorer's query, L2-normalised or with a
+    1.0 coordinate matching the items' bias column, as ``export_users`` writes them."""
+    vecs = model.user_vectors(rows).float().cpu()
+    return _finish(vecs, normalize, with_bias, torch.ones(len(vecs))).astype(np.float32)
 
 
 @torch.no_grad()
@@ -113,28 +123,19 @@ def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Pa
     width = pool.out_dim if pool is not None else model.config.hidden
     dim = width + (1 if with_bias and not normalize else 0)
     meta = _metadata(model, "users", dim, normalize, with_bias, {**(source or {}), "pooling": pooling or "scorer"})
-    ones = torch.ones(batch_size)
-    written = 0
-    with atomic_path(out) as tmp:
-        writer = None
-        try:
-            for lo in tqdm(range(0, len(sequences), batch_size), desc="export users", unit="batch", leave=False):
-                idx = np.arange(lo, min(lo + batch_size, len(sequences)))
-                part = sequences.select(idx)
-                if pool is None:
-                    rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal))
-                    vecs = model.user_vectors(rows.to(device)).float().cpu()
-                else:
-                    rows = torch.from_numpy(pad_sequences(part, model.config.max_len)).to(device)
-                    enc = model(rows)
-                    vecs = pool(enc.sequence_output, enc.padding_mask).float().cpu()
-                table = _table(part.user_ids, _finish(vecs, normalize, with_bias, ones[:len(idx)]), "user_id")
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp, table.schema.with_metadata(meta))
-                writer.write_table(table.replace_schema_metadata(meta))
-                written += len(idx)
-        finally:
-            if writer is not None:
-                writer.close()
+
+    def tables():
+        for lo in tqdm(range(0, len(sequences), batch_size), desc="export users", unit="batch", leave=False):
+            part = sequences.select(np.arange(lo, min(lo + batch_size, len(sequences))))
+            if pool is None:
+                rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal))
+                vecs = user_query_vectors(model, rows.to(device), normalize, with_bias)
+            else:
+                rows = torch.from_numpy(pad_sequences(part, model.config.max_len)).to(device)
+                enc = model(rows)
+                vecs = _finish(pool(enc.sequence_output, enc.padding_mask).float().cpu(), normalize, False, None)
+            yield _table(part.user_ids, vecs, "user_id")
+
+    written = write_parquet_batches(out, tables(), meta)
     log.info("exported %d user vectors (dim %d, %s) to %s", written, dim, pooling or "scorer", out)
     return written

@@ -138,7 +138,6 @@ class EncoderHeadModel(nn.Module):
         ]
         return rows_from_tokens(toks, self.model_config.max_len)
 
-
     # -- persistence ---------------------------------------------------------------------------
     def head_state(self) -> dict[str, Tensor]:
         """The head's own tensors (everything outside ``backbone.``)."""
@@ -159,6 +158,18 @@ class EncoderHeadModel(nn.Module):
         weights = save_safetensors(self.head_state(), metadata={"format": "pt", "recbert_head": self.kind})
         return self.backbone.save_pretrained(directory, vocab=self.vocab,
                                              extra={HEAD_CONFIG_FILE: text, HEAD_WEIGHTS_FILE: weights})
+
+    @classmethod
+    def _on_encoder(cls, model_dir: str | Path, cfg: Any, expect_n_tokens: Optional[int],
+                    expect_hidden: Optional[int], keep_scorer: bool) -> "EncoderHeadModel":
+        """A new head (``cfg``) on the encoder saved in ``model_dir``, checked against the
+        expected vocabulary size / width when given; in train mode."""
+        from recbert.heads.finetune import check_compatible, load_encoder
+
+        backbone = load_encoder(model_dir)
+        if expect_n_tokens is not None or expect_hidden is not None:
+            check_compatible(backbone, expect_n_tokens, expect_hidden)
+        return cls(backbone, cfg, keep_scorer=keep_scorer).train()
 
     @classmethod
     def _load_saved(cls, directory: str | Path, map_location: str = "cpu") -> "EncoderHeadModel":

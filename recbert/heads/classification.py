@@ -170,12 +170,7 @@ class SequenceClassifier(EncoderHeadModel):
         the fine-tuned classifier saved there by ``save_pretrained``, in eval mode."""
         if cfg is None:
             return cls._load_saved(model_dir)
-        from recbert.heads.finetune import check_compatible, load_encoder
-
-        backbone = load_encoder(model_dir)
-        if expect_n_tokens is not None or expect_hidden is not None:
-            check_compatible(backbone, expect_n_tokens, expect_hidden)
-        return cls(backbone, cfg, keep_scorer=keep_scorer).train()
+        return cls._on_encoder(model_dir, cfg, expect_n_tokens, expect_hidden, keep_scorer)
 
     def _encode_rows(self, input_ids: Tensor):
         if self.head_config.append_mask:

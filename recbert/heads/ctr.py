@@ -103,12 +103,7 @@ class CTRModel(EncoderHeadModel):
 
         if cfg is None and (Path(model_dir) / HEAD_CONFIG_FILE).is_file():
             return cls._load_saved(model_dir)
-        from recbert.heads.finetune import check_compatible, load_encoder
-
-        backbone = load_encoder(model_dir)
-        if expect_n_tokens is not None or expect_hidden is not None:
-            check_compatible(backbone, expect_n_tokens, expect_hidden)
-        return cls(backbone, cfg, keep_scorer=keep_scorer).train()
+        return cls._on_encoder(model_dir, cfg, expect_n_tokens, expect_hidden, keep_scorer)
 
     def candidate_vectors(self, candidates: Tensor) -> Tensor:
         """``[B, H]`` rows of the encoder's item table (shared with the MLM scorer)."""
