@@ -17,3 +17,13 @@ class ConfigError(RecbertError):
 
 class CheckpointError(RecbertError):
     """A saved model directory that is missing, corrupt or does not match its config."""
+
+
+class DivergenceError(RecbertError):
+    """Training produced a non-finite loss, or a model whose scores are NaN or infinite.
+    ``detail`` holds the counts (how many NaN / infinite values, where) for callers that
+    rephrase the message with their own context (stage, epoch)."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail

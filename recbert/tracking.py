@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from recbert.config import TrackingConfig
-from recbert.errors import CheckpointError
+from recbert.errors import CheckpointError, RecbertError
 
 log = logging.getLogger("recbert.tracking")
 
 DEFAULT_HOME = Path("mlruns")
 MODEL_ARTIFACT = "model"
+ERROR_TAG = "recbert.error"  # the message of the error that ended a FAILED run
+MAX_TAG_LENGTH = 5000  # MLflow stores tag values of up to 8,000 characters
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -105,11 +107,24 @@ class Tracker:
         if self.run_id is not None:
             self.client.set_terminated(self.run_id, status)
 
+    def fail(self, exc: BaseException) -> None:
+        """Mark the run FAILED with the error's one-line message as the ``recbert.error`` tag."""
+        if self.run_id is None:
+            return
+        message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, RecbertError) else str(exc)
+        self.set_tag(ERROR_TAG, message[:MAX_TAG_LENGTH])
+        self.end("FAILED")
+
     def __enter__(self) -> "Tracker":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.end("FAILED" if exc_type else "FINISHED")
+        if isinstance(exc, KeyboardInterrupt):
+            self.end("KILLED")
+        elif exc is not None:
+            self.fail(exc)
+        else:
+            self.end("FINISHED")
 
 
 def download_model(run_id: str, config: TrackingConfig | None = None, dst: str | Path | None = None) -> Path:

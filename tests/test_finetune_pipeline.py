@@ -9,8 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.finetune import (Backbones, FinetuneRunConfig, classification_metrics, ctr_metrics,
-                                run_classification, run_ctr)
+from pipelines.finetune import Backbones, FinetuneRunConfig, run_classification, run_ctr
 from recbert.cli import main
 from recbert.config import ModelConfig
 from recbert.errors import ConfigError, DataError
@@ -21,18 +20,6 @@ ML = REPO / "data" / "ml-100k"
 TINY = ["model.hidden=16", "model.layers=1", "model.heads=2", "model.intermediate=32", "model.max_len=20"]
 DATA = [f"experiment.events={ML / 'events.parquet'}", f"experiment.users={ML / 'users.parquet'}",
         f"experiment.items={ML / 'items.parquet'}"]
-
-
-def test_classification_metrics():
-    y = np.array([0, 1, 1, 0])
-    m = classification_metrics(y, np.array([0.1, 0.9, 0.8, 0.3]), 2)
-    assert m["accuracy"] == 1.0 and m["auc"] == 1.0 and m["f1_macro"] == 1.0 and m["log_loss"] < 0.3
-    p = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])
-    m = classification_metrics(np.array([0, 1, 0]), p, 3)  # class 2 absent: AUC over present classes
-    assert m["accuracy"] == pytest.approx(2 / 3) and m["f1_micro"] == pytest.approx(2 / 3)
-    assert m["auc"] == pytest.approx(1.0) and math.isfinite(m["log_loss"])
-    c = ctr_metrics(np.array([0, 1, 1]), np.array([0.2, 0.6, 0.9]))
-    assert c["auc"] == 1.0 and c["accuracy"] == 1.0
 
 
 def test_backbones_pretrained_copy_and_scratch(pretrained_dir):

@@ -115,3 +115,21 @@ def test_learned_fusion_weights_are_logged(cyclic_parquet, mlflow_uri, capsys):
     metrics = MlflowClient(mlflow_uri).get_run(run_id).data.metrics
     weights = [metrics[f"fusion/layer_{i}_weight"] for i in range(3)]
     assert sum(weights) == pytest.approx(1.0, abs=1e-5) and all(w > 0 for w in weights)
+
+
+def test_diverged_training_is_one_line_error_and_a_failed_run(cyclic_parquet, mlflow_uri, capsys):
+    code, out, err = run_cli(["train", "--events", str(cyclic_parquet), *FAST, "--set", "pretrain.epochs=0",
+                              "--set", "train.lr=1e30", "--set", "train.grad_clip=0",
+                              "--set", "tracking.experiment=diverge"], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "training loss is not finite" in lines[0] and "diverged at epoch 1" in lines[0]
+    assert "Traceback" not in err
+    assert not list(Path("runs").glob("*/model.safetensors"))  # no "best" model is written
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    [run] = client.search_runs([client.get_experiment_by_name("diverge").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "training loss is not finite" in run.data.tags["recbert.error"]
+    assert "test/all/hr_at_10" not in run.data.metrics

@@ -11,7 +11,7 @@ from pipelines.train import run_training
 from recbert.config import RunConfig
 from recbert.errors import DataError
 from recbert.evaluation.metrics import ranking_metrics
-from recbert.evaluation.ranking import evaluate_ranking
+from recbert.evaluation.ranking import evaluate_ranking, tie_aware_ranks
 from recbert.exports.embeddings import export_users
 from recbert.index import IndexConfig, VectorIndex, read_embeddings_parquet
 from recbert.model.recommender import SequenceRecommender
@@ -79,7 +79,9 @@ def test_exact_index_metrics_equal_the_models_full_ranking(trained):
     _, queries, _ = read_embeddings_parquet(tmp / "test_users.parquet", "user_id")
     scores, ids = index.search(queries, model.vocab.n_items)
     targets = model.vocab.decode(splits.test.targets)
-    ranks = np.array([list(row).index(t) for row, t in zip(ids, targets)])
+    at = np.array([list(row).index(t) for row, t in zip(ids, targets)])
+    target_score = torch.from_numpy(scores[np.arange(len(at)), at][:, None])
+    ranks = (tie_aware_ranks(torch.from_numpy(scores), target_score) - 0.5).numpy()  # ties count half
     got = ranking_metrics(ranks, cfg.eval.ks)
     for name in ("hr@10", "ndcg@10", "mrr"):
         assert got[name] == pytest.approx(expected[f"all/{name}"], abs=1e-9), name

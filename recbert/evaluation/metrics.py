@@ -1,8 +1,12 @@
 """Ranking metrics from the rank of each user's held-out target.
 
 ``rank`` is 0-based: the number of candidates scored strictly higher than the
-target. A target that cannot be ranked (unknown item, or removed by the
-history filter) gets rank ``n_candidates`` and counts as a miss everywhere.
+target plus half the number of candidates tied with it (its expected position
+under a random tie-break, so it may be a half-integer; see
+:mod:`recbert.evaluation.ranking`). A target that cannot be ranked (unknown
+item, or removed by the history filter) gets rank ``n_candidates`` and counts
+as a miss everywhere. HR@k counts ``rank < k``; NDCG@k and MRR use the rank as
+it is.
 """
 
 from __future__ import annotations

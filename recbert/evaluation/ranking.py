@@ -9,6 +9,13 @@ out of the same scores:
   that is itself in the history is then a miss, never re-admitted;
 * ``sampled``: the target ranked against ``n`` negatives drawn uniformly from
   items outside the history (for comparison with papers that used it).
+
+Ties are counted honestly: a target's rank is the number of candidates scored
+strictly above it plus half the number of other candidates tied with it, its
+expected 0-based position under a random tie-break. A model whose scores
+collapse to a constant therefore ranks every target at ``(n - 1) / 2``, a miss,
+never a hit. Scores that are NaN or infinite are an error
+(:class:`~recbert.errors.DivergenceError`), never a result.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from recbert.data.batches import pad_sequences
 from recbert.data.sequences import EvalSet
 from recbert.data.vocab import N_SPECIAL
 from recbert.evaluation.metrics import ranking_metrics
+from recbert.finite import require_finite
 
 PROTOCOLS = ("all", "unseen", "sampled")
 
@@ -38,25 +46,41 @@ def history_mask(inputs, rows: np.ndarray, n_items: int) -> torch.Tensor:
     return mask
 
 
+def tie_aware_ranks(scores: torch.Tensor, target_score: torch.Tensor,
+                    candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B]`` float64 ranks: candidates strictly above ``target_score`` (``[B, 1]``) plus
+    half the candidates tied with it, the target itself not counted. ``candidates``
+    (``[B, n]`` bool) limits the count to those columns; the target's own column must
+    either be left out of it or be the one tie subtracted (see :func:`target_ranks`)."""
+    above, tied = scores > target_score, scores == target_score
+    if candidates is not None:
+        above, tied = above & candidates, tied & candidates
+    return torch.count_nonzero(above, dim=1).double() + 0.5 * torch.count_nonzero(tied, dim=1).double()
+
+
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor,
                  n_negatives: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Ranks of ``targets`` (0-based item indices, -1 = unknown) under each protocol."""
+    """``[B]`` float64 ranks of ``targets`` (0-based item indices, -1 = unknown) under
+    each protocol; ties count half (module docstring). Unknown targets, and under
+    ``unseen`` targets in the history, get rank ``n_items`` (a miss). Non-finite
+    scores raise :class:`DivergenceError`."""
+    require_finite(scores)
     n_items = scores.shape[1]
     known = targets >= 0
     safe = targets.clamp(min=0)[:, None]
     target_score = scores.gather(1, safe)
-    above = scores > target_score
-    ranks = {"all": torch.count_nonzero(above, dim=1)}
+    # the target is tied with itself: take that one tie back out (half a rank)
+    ranks = {"all": tie_aware_ranks(scores, target_score) - 0.5}
     in_history = seen.gather(1, safe)[:, 0]
-    unseen_above = ranks["all"] - torch.count_nonzero(above & seen, dim=1)
-    ranks["unseen"] = torch.where(in_history, n_items, unseen_above)
+    unseen = tie_aware_ranks(scores, target_score, ~seen) - 0.5
+    ranks["unseen"] = torch.where(in_history, float(n_items), unseen)
     if n_negatives:
         forbidden = seen.clone()
         forbidden.scatter_(1, safe, True)
         negatives, valid = sample_negatives(forbidden, min(n_negatives, n_items - 1), generator)
-        ranks["sampled"] = ((scores.gather(1, negatives) > target_score) & valid).sum(1)
+        ranks["sampled"] = tie_aware_ranks(scores.gather(1, negatives), target_score, valid)
     for name in ranks:
-        ranks[name] = torch.where(known, ranks[name], n_items)
+        ranks[name] = torch.where(known, ranks[name], float(n_items))
     return ranks
 
 
@@ -93,7 +117,8 @@ def sample_negatives(forbidden: torch.Tensor, n: int, generator: torch.Generator
 @torch.no_grad()
 def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0,
                      device: torch.device | str = "cpu") -> dict[str, float]:
-    """Metrics ``{protocol}/{metric}`` plus ``n_users``; see the module docstring."""
+    """Metrics ``{protocol}/{metric}`` plus ``n_users``; see the module docstring.
+    Raises :class:`~recbert.errors.DivergenceError` on non-finite model scores."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)

@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from recbert.config import build_section
 from recbert.data.batches import mask_tokens
 from recbert.data.vocab import ItemVocab
-from recbert.errors import CheckpointError, ConfigError
+from recbert.errors import CheckpointError, ConfigError, DivergenceError
 from recbert.heads.base import BACKBONE_PARTS, backbone_part
 from recbert.model.recommender import SequenceRecommender
-from recbert.training.losses import full_softmax_loss, gather_targets
+from recbert.training.losses import check_finite_loss, full_softmax_loss, gather_targets
 from recbert.training.optim import lr_schedule
 
 Freeze = Literal["none", "all", "embeddings", "partial"]
@@ -307,14 +307,18 @@ def finetune(
                           "(head.aux_head=true / ctr.aux_head=true)")
     sign = 1.0 if higher_is_better else -1.0
 
-    def evaluate() -> float:
+    def evaluate(epoch: int) -> float:
         model.eval()
-        with torch.no_grad():
-            value = float(val_fn(model))
+        try:
+            with torch.no_grad():
+                value = float(val_fn(model))
+        except DivergenceError as exc:
+            when = "before fine-tuning" if epoch == 0 else f"fine-tuning diverged at epoch {epoch}"
+            raise DivergenceError(f"model scores are not finite: {when} ({exc.detail})", exc.detail) from None
         set_train_modes(model)
         return value
 
-    best = evaluate()
+    best = evaluate(0)
     best_epoch, bad, stopped = -1, 0, False
     best_state = copy.deepcopy(model.state_dict())
     history: list[dict] = []
@@ -336,8 +340,7 @@ def finetune(
                 if lam > 0:
                     aux = mlm_aux_loss(model, inputs[0], cfg, gen)
             loss = head_loss if aux is None else lam * aux + (1 - lam) * head_loss
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite fine-tuning loss at epoch {epoch}, step {steps}")
+            check_finite_loss(loss, "fine-tuning", epoch + 1, steps + 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -348,7 +351,7 @@ def finetune(
             sums["head_loss"] += float(head_loss.detach())
             sums["aux_loss"] += float(aux.detach()) if aux is not None else 0.0
             steps += 1
-        metric = evaluate()
+        metric = evaluate(epoch + 1)
         row = {"epoch": epoch, **{k: v / max(steps, 1) for k, v in sums.items()}, "metric": metric, "steps": steps,
                "lr": opt.param_groups[-1]["lr"]}
         history.append(row)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from recbert.finite import require_finite
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -110,6 +112,7 @@ def multiclass_accuracy(logits: Tensor, targets: Tensor) -> float:
 def roc_auc(scores: Tensor, targets: Tensor) -> float:
     """ROC AUC of scores against 0/1 targets (ties count one half); NaN with one class."""
     s = scores.detach().double().flatten().cpu()
+    require_finite(s)
     y = targets.detach().flatten().cpu() > 0.5
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:

@@ -226,7 +226,8 @@ class VectorIndex:
         the index size. ``exclude[i]`` holds ids never returned for query ``i`` (e.g. items
         the user already saw); ``k + len(exclude[i])`` candidates are retrieved so that
         ``k`` results remain whenever the index can supply them. Unfilled slots: score
-        ``-inf``, id ``-1`` (int ids) or ``None`` (string ids). ``nprobe`` (IVF kinds) and
+        ``-inf``, id ``-1`` (int ids) or ``None`` (string ids). Tied scores come in index
+        order (the order the vectors were added), deterministically. ``nprobe`` (IVF kinds) and
         ``ef_search`` (HNSW) override the configured values for this call only.
         """
         q = _prepare_vectors(queries, self.metric, what="queries", allow_1d=True)
@@ -269,6 +270,10 @@ class VectorIndex:
                 scores = -scores
             found = positions >= 0
             scores = np.where(found, scores, -np.inf).astype(np.float32, copy=False)
+            # ties in index order, as the model's own recommend() does (faiss leaves them unordered)
+            order = np.lexsort((np.where(found, positions, n), -scores), axis=1)
+            scores, positions = np.take_along_axis(scores, order, 1), np.take_along_axis(positions, order, 1)
+            found = positions >= 0
             ids = self._ids[np.where(found, positions, 0)]
             ids[~found] = None if string_ids else PAD_ID
             if extra == 0:

@@ -22,6 +22,7 @@ from recbert.config import ModelConfig, build_section
 from recbert.data.batches import left_pad
 from recbert.data.vocab import MASK, N_SPECIAL, ItemVocab
 from recbert.errors import CheckpointError, ConfigError, RecbertError
+from recbert.finite import require_finite
 from recbert.io import atomic_dir
 from recbert.model.blocks import build_reuse_block
 from recbert.model.embeddings import SequenceEmbeddings
@@ -132,7 +133,8 @@ class SequenceRecommender(nn.Module):
         """Top-``k`` original item ids and scores for ad-hoc histories of ORIGINAL
         item ids (oldest first). Unknown ids become [UNK]; never a crash. When
         the history leaves fewer than ``k`` items, the last slots hold id None
-        and score -inf."""
+        and score -inf. Tied scores come in vocabulary order; NaN or infinite scores raise
+        :class:`~recbert.errors.DivergenceError`."""
         if self.vocab is None:
             raise CheckpointError("this model has no vocabulary attached; load it with from_pretrained")
         if not 1 <= k <= self.vocab.n_items:
@@ -140,14 +142,16 @@ class SequenceRecommender(nn.Module):
         tokens = [self.vocab.encode(np.asarray(h, dtype=object if self.vocab.is_string else None)) for h in histories]
         self.eval()
         rows = self.inference_rows(tokens).to(self.bias_device)
-        scores = self.scorer(self(rows).sequence_output[:, -1])
+        scores = self.scorer(self(rows).sequence_output[:, -1]).float().cpu()
+        require_finite(scores)
         if exclude_seen:
             for i, t in enumerate(tokens):
                 seen = t[t >= N_SPECIAL] - N_SPECIAL
                 scores[i, torch.from_numpy(seen)] = float("-inf")
-        top = torch.topk(scores, k, dim=1)
-        values = top.values.cpu().numpy()
-        ids = self.vocab.decode(top.indices.cpu().numpy() + N_SPECIAL).astype(object)
+        # a stable sort: tied items come in vocabulary order, the same on every call
+        values, order = torch.sort(scores, dim=1, descending=True, stable=True)
+        values, order = values[:, :k].numpy(), order[:, :k].numpy()
+        ids = self.vocab.decode(order + N_SPECIAL).astype(object)
         ids[~np.isfinite(values)] = None  # fewer than k unseen items left
         return ids, values
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbert.data.vocab import N_SPECIAL
+from recbert.errors import DivergenceError
 
 ItemLoss = Callable[[Tensor, Tensor, nn.Module], Tensor]
 
@@ -29,3 +31,9 @@ def gather_targets(hidden_states: Tensor, labels: Tensor) -> tuple[Tensor, Tenso
     where = labels > 0
     return hidden_states[where], labels[where]
 
+
+def check_finite_loss(loss: torch.Tensor, stage: str, epoch: int, step: int) -> None:
+    """Stop training on a NaN or infinite loss, before it reaches the weights."""
+    if not bool(torch.isfinite(loss.detach())):
+        raise DivergenceError(f"training loss is not finite ({float(loss.detach())}): {stage} diverged at "
+                              f"epoch {epoch}, step {step} of that epoch")

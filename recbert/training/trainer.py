@@ -17,12 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from recbert.config import EvalConfig, StageConfig
-from recbert.errors import ConfigError
+from recbert.errors import ConfigError, DivergenceError
 from recbert.data.batches import left_pad, length_grouped_order, mask_tokens, next_item_pairs, training_windows
 from recbert.data.sequences import Splits
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
 from recbert.model.recommender import SequenceRecommender
-from recbert.training.losses import LOSSES, gather_targets
+from recbert.training.losses import LOSSES, check_finite_loss, gather_targets
 from recbert.training.optim import make_optimizer, make_schedule
 
 log = logging.getLogger("recbert.train")
@@ -102,6 +102,7 @@ def train_stage(
             out = model(inputs, causal=causal)
             hidden, targets = gather_targets(out.sequence_output, labels)
             batch_loss = loss_fn(hidden, targets, model.scorer)
+            check_finite_loss(batch_loss, name, epoch, b + 1)
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             if stage.grad_clip > 0:
@@ -120,7 +121,11 @@ def train_stage(
         record = {f"{name}/loss": total / max(count, 1), f"{name}/epoch_seconds": epoch_seconds,
                   f"{name}/sequences_per_second": count / epoch_seconds, f"{name}/lr": schedule.get_last_lr()[0]}
         if validate and (epoch % stage.eval_every == 0 or epoch == stage.epochs):
-            metrics = evaluate_ranking(model, splits.val, eval_config, seed=seed, device=device)
+            try:
+                metrics = evaluate_ranking(model, splits.val, eval_config, seed=seed, device=device)
+            except DivergenceError as exc:
+                raise DivergenceError(f"model scores are not finite: {name} diverged at epoch {epoch} ({exc.detail})",
+                                      exc.detail) from None
             record.update({f"val/{k}": v for k, v in metrics.items() if k != "n_users"})
             score = metrics[metric_key]
             if score > result.best_score:

@@ -21,6 +21,8 @@ from recbert.evaluation.ranking import (
     selection_protocol,
     target_ranks,
 )
+from recbert.errors import DivergenceError
+from recbert.finite import require_finite
 from recbert.model.recommender import SequenceRecommender
 
 
@@ -50,10 +52,11 @@ def test_target_ranks_all_and_unseen():
     seen = seen_rows({3}, {2, 1}, {0, 1}, set(), {0})
     ranks = target_ranks(SCORES, targets, seen, 0, gen())
     assert "sampled" not in ranks
-    # 'all': items scored strictly higher (the tie at item 4 does not count)
-    assert ranks["all"].tolist() == [2, 2, 0, 5, 0]
+    # 'all': items scored strictly higher, plus half of each tie (item 4 ties item 2;
+    # row 4 is constant: the target ties all 4 others -> (5 - 1) / 2)
+    assert ranks["all"].tolist() == [2.5, 2.5, 0, 5, 2.0]
     # 'unseen': history items removed; a target inside the history is a miss (n_items)
-    assert ranks["unseen"].tolist() == [1, 5, 0, 5, 0]
+    assert ranks["unseen"].tolist() == [1.5, 5, 0, 5, 1.5]
 
 
 def test_target_ranks_sampled_with_all_negatives_is_exact():
@@ -62,9 +65,9 @@ def test_target_ranks_sampled_with_all_negatives_is_exact():
     seen = seen_rows({3}, set(), set(), {1, 3})
     ranks = target_ranks(scores, targets, seen, 100, gen())
     # capped at n_items - 1 negatives: every non-history, non-target item is a negative
-    # row 0: negatives {0, 1, 4} -> above 0.3: {1}; row 1: {1..4} -> all 4 above 0.1
+    # row 0: negatives {0, 1, 4} -> above 0.3: {1}, tied: {4}; row 1: {1..4} -> all 4 above 0.1
     # row 3: target in history -> ranked against {0, 2, 4}: none above 0.5
-    assert ranks["sampled"].tolist() == [1, 4, 5, 0]
+    assert ranks["sampled"].tolist() == [1.5, 4, 5, 0]
 
 
 def test_target_ranks_sampled_bounds():
@@ -81,6 +84,46 @@ def test_target_ranks_sampled_bounds():
     assert ranks["sampled"].float().mean() < ranks["unseen"][hit].float().mean()
     again = target_ranks(scores, targets, seen, 10, gen(3))
     assert torch.equal(again["sampled"], ranks["sampled"])
+
+
+@pytest.mark.parametrize("n_items", [2, 7, 100])
+def test_constant_scores_rank_every_target_in_the_middle_under_every_protocol(n_items):
+    """A collapsed model (one score for every item) is a miss, not a perfect hit."""
+    scores = torch.full((2, n_items), 0.25)
+    targets = torch.tensor([0, n_items - 1])
+    seen = torch.zeros(2, n_items, dtype=torch.bool)
+    ranks = target_ranks(scores, targets, seen, n_items - 1, gen())
+    for name in ("all", "unseen", "sampled"):
+        assert ranks[name].tolist() == [(n_items - 1) / 2] * 2, name
+    m = ranking_metrics(ranks["all"].numpy(), [1])
+    assert m["hr@1"] == (1.0 if n_items == 2 else 0.0)  # (2 - 1) / 2 = 0.5 < 1: a coin flip counts
+    seen[:, 1:] = True  # only the target itself is left for row 0
+    assert target_ranks(scores, targets, seen, 0, gen())["unseen"].tolist() == [0.0, n_items]
+
+
+def test_ties_cost_half_a_rank_each_and_distinct_scores_are_unchanged():
+    scores = torch.tensor([[3.0, 1.0, 1.0, 1.0, 0.0]])
+    seen = torch.zeros(1, 5, dtype=torch.bool)
+    assert target_ranks(scores, torch.tensor([1]), seen, 0, gen())["all"].tolist() == [2.0]
+    assert target_ranks(scores, torch.tensor([0]), seen, 0, gen())["all"].tolist() == [0.0]
+    assert target_ranks(scores, torch.tensor([4]), seen, 0, gen())["all"].tolist() == [4.0]
+    distinct = torch.randn(50, 30)
+    t = torch.randint(0, 30, (50,))
+    strict = (distinct > distinct.gather(1, t[:, None])).sum(1)
+    assert torch.equal(target_ranks(distinct, t, torch.zeros(50, 30, dtype=torch.bool), 0, gen())["all"],
+                       strict.double())
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_are_an_error_not_a_result(bad):
+    scores = torch.zeros(2, 100)
+    scores[1, 7] = bad
+    with pytest.raises(DivergenceError, match="model scores are not finite"):
+        target_ranks(scores, torch.tensor([0, 1]), torch.zeros(2, 100, dtype=torch.bool), 10, gen())
+    with pytest.raises(DivergenceError, match="in 1 of 2 rows"):
+        require_finite(scores)
+    with pytest.raises(DivergenceError, match="200 NaN"):
+        require_finite(torch.full((2, 100), float("nan")))
 
 
 # -- sample_negatives -----------------------------------------------------------------------
@@ -196,12 +239,13 @@ def brute_ranks(model, histories, targets, n_items):
             continue
         s = brute_scores(model, hist)
         seen = {x - N_SPECIAL for x in hist if x >= N_SPECIAL}
-        above = s > s[t]
-        out["all"].append(int(above.sum()))
-        unseen_above = sum(1 for i in range(n_items) if above[i] and i not in seen)
-        out["unseen"].append(n_items if t in seen else unseen_above)
+        above, tied = s > s[t], s == s[t]  # integer scores: ties are common here
+        others = [i for i in range(n_items) if i != t]
+        out["all"].append(above.sum() + 0.5 * sum(tied[i] for i in others))
+        unseen_rank = sum(above[i] + 0.5 * tied[i] for i in others if i not in seen)
+        out["unseen"].append(n_items if t in seen else unseen_rank)
         # with every allowed item sampled: rank among items outside history and target
-        out["sampled"].append(sum(1 for i in range(n_items) if above[i] and i not in seen and i != t))
+        out["sampled"].append(unseen_rank)
     return {k: np.array(v) for k, v in out.items()}
 
 
@@ -237,6 +281,7 @@ def test_evaluate_ranking_matches_brute_force(causal):
     out = evaluate_ranking(model, eval_set, config, seed=0)
 
     expected = brute_ranks(model, histories, eval_set.targets.tolist(), n_items)
+    assert (expected["all"] % 1 == 0.5).any()  # some targets are tied with an odd number of items
     assert (expected["unseen"] == n_items).sum() > (expected["all"] == n_items).sum()  # the cases are exercised
     assert out["n_users"] == len(histories)
     for protocol, ranks in expected.items():
@@ -292,6 +337,26 @@ def test_evaluate_ranking_with_a_real_model():
         for metric, value in ranking_metrics(np.array(ranks), [1, 5]).items():
             assert out[f"{protocol}/{metric}"] == pytest.approx(value), (protocol, metric)
     assert model.training  # restored
+
+
+def test_evaluate_ranking_of_collapsed_and_diverged_models():
+    """Constant scores: every target in the middle, not a perfect hit; NaN weights: an error."""
+    n_items = 12
+    cfg = ModelConfig(hidden=8, layers=1, heads=2, intermediate=16, max_len=5, n_tokens=n_items + N_SPECIAL)
+    model = SequenceRecommender(cfg)
+    with torch.no_grad():
+        model.embeddings.item.weight[N_SPECIAL:] = 0.0
+        model.scorer.bias.zero_()
+    eval_set, _ = make_eval_set(n_users=9, n_items=n_items, seed=4)
+    config = EvalConfig(ks=[1, 5], select_metric="hr@5", sampled_negatives=5, batch_size=4)
+    out = evaluate_ranking(model, eval_set, config)
+    for protocol in ("all", "unseen", "sampled"):
+        assert out[f"{protocol}/hr@1"] == 0.0, protocol
+    assert out["all/mrr"] < 0.2
+    with torch.no_grad():
+        model.embeddings.item.weight[N_SPECIAL + 3, 0] = float("nan")
+    with pytest.raises(DivergenceError, match="model scores are not finite"):
+        evaluate_ranking(model, eval_set, config)
 
 
 def test_selection_protocol():

@@ -4,7 +4,7 @@ import torch
 
 from recbert.data.batches import mask_tokens
 from recbert.data.vocab import N_SPECIAL, ItemVocab
-from recbert.errors import CheckpointError, ConfigError
+from recbert.errors import CheckpointError, ConfigError, DivergenceError
 from recbert.heads.base import rows_from_tokens
 from recbert.heads.classification import HeadConfig, SequenceClassifier
 from recbert.heads.ctr import CTRModel
@@ -185,6 +185,30 @@ def test_finetune_stops_early_when_the_metric_does_not_improve():
         for p in model2.parameters():
             p.requires_grad_(False)
         make_optimizer(model2, FinetuneConfig())
+
+
+def test_finetune_with_an_exploding_learning_rate_stops_with_a_divergence_error():
+    model = head(layers=1)
+    x, y = parity_task(np.random.default_rng(0), 64)
+    cfg = FinetuneConfig(encoder_lr=1e30, head_lr=1e30, grad_clip=0.0, patience=50)
+    with pytest.raises(DivergenceError, match=r"not finite"):
+        finetune(model, lambda e: [(x[:32], y[:32]), (x[32:], y[32:])], lambda m: 0.5, cfg, epochs=20)
+
+
+def test_finetune_refuses_non_finite_validation_scores_with_the_epoch():
+    from recbert.heads.losses import roc_auc
+
+    model = head(layers=1)
+    x, y = parity_task(np.random.default_rng(0), 32)
+    calls = []
+
+    def val(m):
+        calls.append(1)
+        scores = m(x).reshape(-1) if len(calls) < 3 else torch.full((32,), float("nan"))
+        return roc_auc(scores, y)
+
+    with pytest.raises(DivergenceError, match=r"model scores are not finite: fine-tuning diverged at epoch 2 \(32 NaN"):
+        finetune(model, lambda e: [(x, y)], val, FinetuneConfig(patience=50), epochs=5)
 
 
 # -- loading and compatibility ------------------------------------------------------------------------

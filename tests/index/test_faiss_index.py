@@ -94,6 +94,21 @@ def test_flat_ip_equals_numpy_brute_force(data, item_ids, no_gpu):
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_tied_scores_come_in_index_order(kind, no_gpu):
+    """Duplicate item vectors tie exactly; the result order is the insertion order."""
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((4, 8)).astype(np.float32)
+    x = np.repeat(base, 5, axis=0)[rng.permutation(20)]
+    ids = np.arange(1000, 1020)
+    index = VectorIndex.build(x, ids, IndexConfig(kind=kind, metric="ip"))
+    scores, got = index.search(base, 20)
+    for row in range(4):
+        for value in np.unique(scores[row]):
+            tied = got[row][scores[row] == value]
+            assert list(tied) == sorted(tied), (row, value)
+
+
 def test_small_batches_give_the_same_result(data, item_ids, no_gpu):
     x, q = data
     index = VectorIndex.build(x, item_ids, IndexConfig(kind="flat"))

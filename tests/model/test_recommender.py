@@ -6,7 +6,7 @@ import torch
 
 from recbert.config import ModelConfig
 from recbert.data.vocab import MASK, ItemVocab
-from recbert.errors import CheckpointError, ConfigError
+from recbert.errors import CheckpointError, ConfigError, DivergenceError
 from recbert.model.recommender import SequenceRecommender
 
 
@@ -65,6 +65,19 @@ def test_recommend_maps_ids_excludes_seen_and_tolerates_unknown_ids():
     assert set(ids[1]) == {f"i{i}" for i in range(10)}
     top_all, _ = model.recommend([["i1"]], k=3, exclude_seen=False)
     assert top_all.shape == (1, 3)
+
+
+def test_recommend_breaks_ties_in_vocabulary_order_and_refuses_nan_scores():
+    model = make_model()
+    with torch.no_grad():  # every item scores 0: a collapsed model
+        model.embeddings.item.weight.zero_()
+        model.scorer.bias.zero_()
+    ids, scores = model.recommend([[103], [103]], k=4)
+    assert ids.tolist() == [[100, 101, 102, 104]] * 2 and (scores == 0).all()
+    with torch.no_grad():
+        model.scorer.bias[2] = float("nan")
+    with pytest.raises(DivergenceError, match="model scores are not finite"):
+        model.recommend([[103]], k=4)
 
 
 def test_recommend_rejects_bad_k():

@@ -90,3 +90,31 @@ def test_schedule_warms_up_then_decays(schedule):
         assert lrs[-1] == pytest.approx(1.0)
     else:
         assert lrs[-1] < 0.05 and all(np.diff(lrs[10:]) <= 1e-12)
+
+
+def test_exploding_learning_rate_ends_in_a_divergence_error_not_a_best_checkpoint():
+    from recbert.errors import DivergenceError
+
+    model, splits = setup()
+    stage = StageConfig(objective="next_item", epochs=5, lr=1e30, batch_size=64, grad_clip=0.0, warmup_ratio=0.0)
+    with pytest.raises(DivergenceError, match=r"training loss is not finite .*: train diverged at epoch 1, step \d+"):
+        train_stage(model, splits, stage, EVAL, seed=0)
+
+
+def test_non_finite_validation_scores_stop_training_with_the_epoch(monkeypatch):
+    from recbert.errors import DivergenceError
+    from recbert.training import trainer
+
+    calls = []
+
+    def fake_eval(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DivergenceError("model scores are not finite (3 NaN, ...)", "3 NaN, 0 infinite, in 1 of 9 rows")
+        return {"all/hr@10": 0.5, "n_users": 9.0}
+
+    monkeypatch.setattr(trainer, "evaluate_ranking", fake_eval)
+    model, splits = setup()
+    stage = StageConfig(objective="next_item", epochs=6, batch_size=64, eval_every=2, patience=10)
+    with pytest.raises(DivergenceError, match=r"model scores are not finite: train diverged at epoch 4 \(3 NaN"):
+        train_stage(model, splits, stage, EVAL, seed=0)
