@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.train import run_training  # noqa: E402
+from recbert.jobs.train import run_training  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
 from recbert.data.importers import import_movielens_100k, import_s3rec  # noqa: E402
 

@@ -19,7 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.train import build_model, prepare_data, seed_everything  # noqa: E402
+from recbert.data.prepare import prepare_data  # noqa: E402
+from recbert.jobs.train import build_model  # noqa: E402
+from recbert.runtime import seed_everything  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
 from recbert.data.importers import import_s3rec  # noqa: E402
 from recbert.evaluation.ranking import evaluate_ranking  # noqa: E402

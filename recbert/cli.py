@@ -85,7 +85,7 @@ def show_config(config: Path | None, overrides: tuple[str, ...]) -> None:
 @click.option("--no-mlflow", is_flag=True, help="Do not track the run in MLflow.")
 def train(config: Path | None, overrides: tuple[str, ...], events: str | None, no_mlflow: bool) -> None:
     """Train (MLM pretraining and/or next-item training) and evaluate on the test split."""
-    from pipelines.train import format_metrics, run_training
+    from recbert.jobs.train import format_metrics, run_training
 
     cfg = _load_config(config, overrides, events, no_mlflow)
     result = run_training(cfg)
@@ -97,9 +97,9 @@ def train(config: Path | None, overrides: tuple[str, ...], events: str | None, n
 
 
 def _model_dir(model_dir: Path | None, run_id: str | None) -> Path:
-    from pipelines.evaluate import resolve_model_dir
+    from recbert.model.checkpoint import resolve_model_dir
 
-    return resolve_model_dir(str(model_dir) if model_dir else None, run_id)
+    return resolve_model_dir(model_dir, run_id)
 
 
 model_options = [
@@ -122,15 +122,17 @@ def with_model(f):
 def evaluate(run_id: str | None, model_dir: Path | None, events: str | None, split: str | None,
              overrides: tuple[str, ...]) -> None:
     """Full-ranking test metrics of a trained model (all / unseen / sampled protocols)."""
+    import dataclasses
+
     from recbert.config import RunConfig
-    from pipelines.evaluate import run_evaluation
-    from pipelines.train import format_metrics, load_run_config
+    from recbert.jobs.evaluate import run_evaluation
+    from recbert.jobs.train import format_metrics
+    from recbert.model.checkpoint import load_run_config
 
     path = _model_dir(model_dir, run_id)
     run_cfg = load_run_config(path) or RunConfig()
     if overrides:
-        extra = RunConfig.load(None, list(overrides))
-        run_cfg.eval = extra.eval
+        run_cfg = dataclasses.replace(run_cfg, eval=RunConfig.load(None, list(overrides)).eval)
     metrics = run_evaluation(path, events, split, run_cfg.eval)
     click.echo(format_metrics(metrics, run_cfg))
 
@@ -142,6 +144,7 @@ def evaluate(run_id: str | None, model_dir: Path | None, events: str | None, spl
 @click.option("--keep-seen", is_flag=True, help="Allow items already in the history.")
 def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int, keep_seen: bool) -> None:
     """Score an ad-hoc history (a new user's sequence) and print the top-k items."""
+    from recbert.data.vocab import UNK
     from recbert.model.recommender import SequenceRecommender
 
     model = SequenceRecommender.from_pretrained(_model_dir(model_dir, run_id))
@@ -151,7 +154,7 @@ def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int
         if bad:
             raise RecbertError(f"item ids {bad[:5]} are not integers, but this model's item ids are")
         history = [int(s) for s in history]
-    unknown = int((model.vocab.encode(history) == 2).sum()) if history else 0
+    unknown = int((model.vocab.encode(history) == UNK).sum()) if history else 0
     if unknown:
         click.echo(f"note: {unknown} unknown item id(s) scored as [UNK]", err=True)
     ids, scores = model.recommend([history], k=top_k, exclude_seen=not keep_seen)
@@ -166,7 +169,7 @@ no_mlflow_option = click.option("--no-mlflow", is_flag=True, help="Do not track 
 def _retrieval_tracking(no_mlflow: bool):
     """Retrieval jobs are MLflow runs in the 'recbert-retrieval' experiment (unless --no-mlflow)."""
     from recbert.config import TrackingConfig
-    from pipelines.retrieval import RETRIEVAL_EXPERIMENT
+    from recbert.jobs.retrieval import RETRIEVAL_EXPERIMENT
 
     return TrackingConfig(enabled=not no_mlflow, experiment=RETRIEVAL_EXPERIMENT)
 
@@ -185,7 +188,7 @@ def _retrieval_tracking(no_mlflow: bool):
 @no_mlflow_option
 def export(run_id, model_dir, what, out, events, normalize, no_bias, batch_size, pooling, no_mlflow) -> None:
     """Export user or item embeddings (original ids) to parquet."""
-    from pipelines.retrieval import run_export
+    from recbert.jobs.retrieval import run_export
 
     n = run_export(_model_dir(model_dir, run_id), what, out, events, normalize, not no_bias, run_id, batch_size,
                    pooling, tracking=_retrieval_tracking(no_mlflow))
@@ -211,7 +214,7 @@ def index_build(embeddings, out, kind, metric, device, overwrite, overrides, no_
     """Build and save an index (exact inner product by default)."""
     from recbert.config import build_section, parse_overrides
     from recbert.index import IndexConfig
-    from pipelines.retrieval import run_index_build
+    from recbert.jobs.retrieval import run_index_build
 
     base = IndexConfig(kind=kind, metric=metric, device=device)
     config = build_section(IndexConfig, parse_overrides(list(overrides)), "", base)
@@ -233,7 +236,7 @@ def index_build(embeddings, out, kind, metric, device, overwrite, overrides, no_
 def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, keep_seen, recall_sample,
                     no_mlflow) -> None:
     """Top-k recommendations for many users through a Faiss index."""
-    from pipelines.retrieval import run_batch_recommend
+    from recbert.jobs.retrieval import run_batch_recommend
 
     res = run_batch_recommend(_model_dir(model_dir, run_id), index_dir, out, top_k, users, events, not keep_seen,
                               recall_sample=recall_sample, run_id=run_id, tracking=_retrieval_tracking(no_mlflow))
@@ -252,7 +255,7 @@ def recommend_batch(run_id, model_dir, index_dir, out, users, events, top_k, kee
 @click.option("--keep-seen", is_flag=True, help="Allow items already in the history.")
 def index_query(run_id, model_dir, index_dir, user_id, items, events, top_k, keep_seen) -> None:
     """Top-k items for one user id or an ad-hoc item list, through the index."""
-    from pipelines.retrieval import run_index_query
+    from recbert.jobs.retrieval import run_index_query
 
     session = [s.strip() for s in items.split(",") if s.strip()] if items is not None else None
     ids, scores, info = run_index_query(_model_dir(model_dir, run_id), index_dir, top_k, user_id, session, events,
@@ -285,7 +288,7 @@ def finetune_cmd(task, run_id, model_dir, scratch, compare, folds, epochs, confi
     or `label`: any categorical column of your users table) or on MovieLens CTR, and
     compare it with a scikit-learn baseline. Keys: experiment.*, model.* (scratch without a
     model), head.*, ctr.*, finetune.*, tracking.*."""
-    from pipelines.finetune import FinetuneRunConfig, metric_names, run_task
+    from recbert.jobs.finetune import FinetuneRunConfig, metric_names, run_task
 
     sets = list(overrides)
     if folds is not None:
@@ -324,7 +327,7 @@ def finetune_cmd(task, run_id, model_dir, scratch, compare, folds, epochs, confi
 def predict_cmd(head_dir, events, users, pairs, out, batch_size) -> None:
     """Score users with a fine-tuned head: class predictions per user (classifier) or click
     probabilities per (user, item) pair (CTR)."""
-    from pipelines.predict import run_predict
+    from recbert.jobs.predict import run_predict
 
     n = run_predict(head_dir, events, out, users=users, pairs=pairs, batch_size=batch_size)
     click.echo(f"wrote {n} rows to {out}")
@@ -337,7 +340,7 @@ def predict_cmd(head_dir, events, users, pairs, out, batch_size) -> None:
 def ablate_cmd(config, overrides, no_mlflow) -> None:
     """Ablation grid (grid.* switches x grid.seeds) on a user-classification task; prints a
     markdown table of mean ± std per metric and logs it to the MLflow parent run."""
-    from pipelines.ablate import AblationConfig, run_ablation
+    from recbert.jobs.ablate import AblationConfig, run_ablation
 
     sets = list(overrides) + (["tracking.enabled=false"] if no_mlflow else [])
     result = run_ablation(AblationConfig.load(config, sets))

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Sequence
 
 from recbert.errors import ConfigError
 
@@ -203,11 +203,16 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | None = None) -> "RunConfig":
-        raw: dict[str, Any] = read_config_file(path) if path is not None else {}
-        return cls.from_dict(parse_overrides(overrides or [], raw))
+        return load_config(cls, path, overrides or [])
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def load_config(cls: type, path: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
+    """A config dataclass from TOML/JSON plus ``section.key=value`` overrides (strict keys)."""
+    raw = read_config_file(path) if path is not None else {}
+    return build_section(cls, parse_overrides(list(overrides), raw), "", cls())
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

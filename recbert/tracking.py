@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -125,6 +126,20 @@ class Tracker:
             self.fail(exc)
         else:
             self.end("FINISHED")
+
+
+@contextmanager
+def tracked(job: str, params: dict[str, Any], tracking: Optional[TrackingConfig]):
+    """An MLflow run for one job (export, index build, batch recommendations; ``tracking=None``:
+    not tracked). The training run the model came from, when known, is linked by the tag
+    ``recbert.source_run_id``."""
+    tracker = Tracker(tracking if tracking is not None else TrackingConfig(enabled=False))
+    with tracker:
+        tracker.start(params, run_name=job)
+        if params.get("source_run_id"):
+            tracker.set_tag("recbert.source_run_id", str(params["source_run_id"]))
+        tracker.set_tag("recbert.job", job)
+        yield tracker
 
 
 def download_model(run_id: str, config: TrackingConfig | None = None, dst: str | Path | None = None) -> Path:

@@ -7,11 +7,10 @@ from recbert.heads.finetune import (
     FinetuneConfig,
     FinetuneResult,
     apply_freeze,
-    check_compatible,
     finetune,
-    load_encoder,
     param_groups,
 )
+from recbert.model.checkpoint import check_compatible, load_encoder
 from recbert.heads.losses import binary_focal_loss, multiclass_focal_loss
 
 __all__ = [

@@ -23,23 +23,12 @@ from recbert.data.batches import left_pad
 from recbert.data.vocab import MASK, ItemVocab
 from recbert.errors import CheckpointError, DataError, RecbertError
 from recbert.model.encoder import EncoderOutput
-from recbert.model.recommender import SequenceRecommender
+from recbert.model.checkpoint import check_compatible, load_encoder
+from recbert.model.recommender import SequenceRecommender, backbone_part
 
 HEAD_CONFIG_FILE, HEAD_WEIGHTS_FILE = "head.json", "head.safetensors"
 HEAD_FORMAT = "recbert-head"
 HEAD_KINDS: dict[str, type["EncoderHeadModel"]] = {}
-
-BACKBONE_PARTS = ("embeddings", "encoder", "fusion", "reuse", "scorer")
-BACKBONE_PREFIX = "backbone."
-
-
-def backbone_part(name: str) -> Optional[str]:
-    """The recommender part (``'embeddings'``, ``'encoder'``, ...) a head-model parameter
-    name belongs to, with the ``backbone.`` prefix removed; None for head parameters."""
-    if not name.startswith(BACKBONE_PREFIX):
-        return None
-    return name[len(BACKBONE_PREFIX):]
-
 
 class EncoderHeadModel(nn.Module):
     """Base class: holds a recommender (``backbone``); subclasses add pooling and a tower.
@@ -164,8 +153,6 @@ class EncoderHeadModel(nn.Module):
                     expect_hidden: Optional[int], keep_scorer: bool) -> "EncoderHeadModel":
         """A new head (``cfg``) on the encoder saved in ``model_dir``, checked against the
         expected vocabulary size / width when given; in train mode."""
-        from recbert.heads.finetune import check_compatible, load_encoder
-
         backbone = load_encoder(model_dir)
         if expect_n_tokens is not None or expect_hidden is not None:
             check_compatible(backbone, expect_n_tokens, expect_hidden)
@@ -238,8 +225,3 @@ def rows_from_tokens(tokens: Sequence[np.ndarray], width: int) -> Tensor:
     flat = np.concatenate([np.asarray(t, dtype=np.int64) for t in tokens]) if len(tokens) else np.zeros(0, np.int64)
     ends = np.cumsum(lens)
     return torch.from_numpy(left_pad(flat, ends - lens, ends, width))
-
-
-def backbone_parameter_names(model: nn.Module) -> set[str]:
-    """Names of ``model``'s parameters that belong to the pretrained parts."""
-    return {n for n, _ in model.named_parameters() if backbone_part(n) is not None}

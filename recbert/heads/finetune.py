@@ -1,7 +1,5 @@
 """Fine-tuning a pretrained encoder with a task head.
 
-* ``load_encoder(dir)`` / ``check_compatible(model, vocab_or_n_tokens, hidden)``: load a
-  pretrained SequenceRecommender and check it fits what the head expects.
 * ``apply_freeze(model, cfg)``: 'none' | 'all' (the whole pretrained encoder) |
   'embeddings' | 'partial' (only the top ``trainable_layers`` encoder layers, plus what
   sits above them: final norm, fusion, reuse block, scorer transform, train).
@@ -21,7 +19,6 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional
 
 import torch
@@ -29,10 +26,9 @@ from torch import Tensor, nn
 
 from recbert.config import build_section
 from recbert.data.batches import mask_tokens
-from recbert.data.vocab import ItemVocab
-from recbert.errors import CheckpointError, ConfigError, DivergenceError
-from recbert.heads.base import BACKBONE_PARTS, backbone_part
-from recbert.model.recommender import SequenceRecommender
+from recbert.errors import ConfigError, DivergenceError
+from recbert.model.checkpoint import model_config_of
+from recbert.model.recommender import BACKBONE_PARTS, backbone_part
 from recbert.training.losses import check_finite_loss, full_softmax_loss, gather_targets
 from recbert.training.optim import lr_schedule
 
@@ -104,45 +100,6 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# -- loading and compatibility ---------------------------------------------------------
-def load_encoder(model_dir: str | Path) -> SequenceRecommender:
-    """The pretrained SequenceRecommender saved in ``model_dir`` (eval mode, vocab attached)."""
-    d = Path(model_dir)
-    if not d.exists():
-        raise CheckpointError(f"pretrained model directory {d} does not exist")
-    if not d.is_dir():
-        raise CheckpointError(f"pretrained model path {d} is not a directory")
-    return SequenceRecommender.from_pretrained(d)
-
-
-def _model_config(model: nn.Module):
-    cfg = getattr(model, "model_config", None) or getattr(model, "config", None)
-    if cfg is None:
-        raise TypeError(f"{type(model).__name__} carries no ModelConfig")
-    return cfg
-
-
-def check_compatible(model: nn.Module, vocab_or_n_tokens: ItemVocab | int | None = None,
-                     hidden: Optional[int] = None) -> None:
-    """Raise CheckpointError when the pretrained encoder's vocabulary (size, or item ids when
-    both sides have a vocabulary) or width differs from what the head / its data expects."""
-    cfg = _model_config(model)
-    if vocab_or_n_tokens is not None:
-        expected = len(vocab_or_n_tokens) if isinstance(vocab_or_n_tokens, ItemVocab) else int(vocab_or_n_tokens)
-        if expected != cfg.n_tokens:
-            raise CheckpointError(
-                f"vocabulary size mismatch: the pretrained encoder has n_tokens={cfg.n_tokens} "
-                f"({cfg.n_tokens - 3} items) but the head's data expects {expected}; encode the "
-                "fine-tuning data with the pretrained model's vocabulary (model.vocab.encode)")
-        own = getattr(model, "vocab", None)
-        if isinstance(vocab_or_n_tokens, ItemVocab) and own is not None and own != vocab_or_n_tokens:
-            raise CheckpointError("vocabulary mismatch: the pretrained encoder and the head's data have the same "
-                                  "number of tokens but different item ids")
-    if hidden is not None and int(hidden) != cfg.hidden:
-        raise CheckpointError(f"width mismatch: the pretrained encoder has hidden={cfg.hidden} "
-                              f"but the head expects hidden={hidden}")
 
 
 # -- freezing and parameter groups ---------------------------------------------------------
@@ -240,7 +197,7 @@ def mlm_aux_loss(model: nn.Module, input_ids: Tensor, cfg: FinetuneConfig, gener
     scorer = getattr(model, "scorer", None)
     if scorer is None:
         raise ConfigError("finetune.aux='mlm' needs the pretrained item scorer: build the head with keep_scorer=True")
-    cfg_m = _model_config(model)
+    cfg_m = model_config_of(model)
     inputs, labels = mask_tokens(input_ids.detach().cpu(), cfg_m.n_tokens, cfg.mask_prob,
                                  cfg.last_item_mask_prob, generator)
     device = input_ids.device

@@ -32,6 +32,19 @@ from recbert.model.fusion import build_fusion
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.parquet"
 
 
+
+BACKBONE_PARTS = ("embeddings", "encoder", "fusion", "reuse", "scorer")
+BACKBONE_PREFIX = "backbone."
+
+
+def backbone_part(name: str) -> Optional[str]:
+    """The recommender part (``'embeddings'``, ``'encoder'``, ...) a head-model parameter
+    name belongs to, with the ``backbone.`` prefix removed; None for head parameters."""
+    if not name.startswith(BACKBONE_PREFIX):
+        return None
+    return name[len(BACKBONE_PREFIX):]
+
+
 class ItemScorer(nn.Module):
     """Scores hidden vectors against every real item: ``T(h) @ E[items].T + b``,
     with ``E`` the (tied) input item table and ``T`` an optional dense+GELU+LN."""

@@ -3,13 +3,13 @@ import pytest
 import torch
 
 from recbert.data.batches import mask_tokens
-from recbert.data.vocab import N_SPECIAL, ItemVocab
-from recbert.errors import CheckpointError, ConfigError, DivergenceError
+from recbert.data.vocab import N_SPECIAL
+from recbert.errors import ConfigError, DivergenceError
 from recbert.heads.base import rows_from_tokens
 from recbert.heads.classification import HeadConfig, SequenceClassifier
 from recbert.heads.ctr import CTRModel
-from recbert.heads.finetune import (FinetuneConfig, apply_freeze, check_compatible, finetune, layer_depth,
-                                    load_encoder, make_optimizer, mlm_aux_loss, param_groups, set_train_modes)
+from recbert.heads.finetune import (FinetuneConfig, apply_freeze, finetune, layer_depth, make_optimizer,
+                                    mlm_aux_loss, param_groups, set_train_modes)
 from recbert.training.losses import full_softmax_loss, gather_targets
 from tests.heads.tiny import tiny_backbone
 
@@ -212,25 +212,6 @@ def test_finetune_refuses_non_finite_validation_scores_with_the_epoch():
 
 
 # -- loading and compatibility ------------------------------------------------------------------------
-def test_load_encoder_and_compatibility_errors(tmp_path):
-    ref = backbone()
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_encoder(tmp_path / "nope")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="no config.json"):
-        load_encoder(tmp_path / "empty")
-    ref.save_pretrained(tmp_path / "m")
-    enc = load_encoder(tmp_path / "m")
-    check_compatible(enc, ref.vocab, 16)
-    check_compatible(enc, len(ref.vocab))
-    with pytest.raises(CheckpointError, match=r"n_tokens=23.*expects 30"):
-        check_compatible(enc, 30)
-    with pytest.raises(CheckpointError, match="different item ids"):
-        check_compatible(enc, ItemVocab(np.arange(500, 500 + N_ITEMS)))
-    with pytest.raises(CheckpointError, match="hidden=16 but the head expects hidden=64"):
-        check_compatible(SequenceClassifier(enc, HeadConfig()), None, 64)
-
-
 @pytest.mark.parametrize("kwargs,field", [
     ({"freeze": "top"}, "finetune.freeze"), ({"freeze": "partial", "trainable_layers": 0}, "finetune.trainable_layers"),
     ({"encoder_lr": 0.0}, "finetune.encoder_lr"), ({"layer_decay": 1.5}, "finetune.layer_decay"),

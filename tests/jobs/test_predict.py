@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.finetune import FinetuneRunConfig, run_ctr
-from pipelines.predict import run_predict
+from recbert.jobs.finetune import FinetuneRunConfig, run_ctr
+from recbert.jobs.predict import run_predict
 from recbert.cli import main
 from recbert.data.batches import left_pad
 from recbert.errors import DataError

@@ -5,9 +5,9 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.retrieval import run_batch_recommend, run_export, run_index_build, run_index_query
+from recbert.jobs.retrieval import run_batch_recommend, run_export, run_index_build, run_index_query
 from recbert.cli import main
-from pipelines.train import run_training
+from recbert.jobs.train import run_training
 from recbert.config import RunConfig
 from recbert.errors import DataError
 from recbert.evaluation.metrics import ranking_metrics
@@ -67,7 +67,7 @@ def test_user_export_with_a_pooling(trained):
 
 def test_exact_index_metrics_equal_the_models_full_ranking(trained):
     tmp, model_dir, cfg = trained
-    from pipelines.train import prepare_data
+    from recbert.data.prepare import prepare_data
 
     model = SequenceRecommender.from_pretrained(model_dir)
     _, splits = prepare_data(cfg, vocab=model.vocab)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.ablate import AblationConfig, AblationGrid, run_ablation, variant_name
+from recbert.jobs.ablate import AblationConfig, AblationGrid, run_ablation, variant_name
 from recbert.cli import main
 from recbert.errors import ConfigError
 from tests.conftest import REPO

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 import torch
 
-from pipelines.finetune import Backbones, FinetuneRunConfig, run_classification, run_ctr
+from recbert.heads.backbones import Backbones
+from recbert.jobs.finetune import FinetuneRunConfig, run_classification, run_ctr
 from recbert.cli import main
 from recbert.config import ModelConfig
 from recbert.errors import ConfigError, DataError

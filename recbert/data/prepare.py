@@ -1,0 +1,30 @@
+"""Events to training-ready splits in one call: load and check the events file, build
+(or reuse) the item vocabulary, group per-user sequences, and split them as the run
+config says (leave-one-out or a global time split)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from recbert.config import RunConfig
+from recbert.data.events import EventSource, load_events
+from recbert.data.sequences import Splits, build_sequences, leave_one_out, time_split
+from recbert.data.vocab import ItemVocab
+
+log = logging.getLogger("recbert.data")
+
+
+def prepare_data(config: RunConfig, events: Optional[EventSource] = None,
+                 vocab: Optional[ItemVocab] = None) -> tuple[ItemVocab, Splits]:
+    """Load events, build (or reuse) the vocabulary, and split."""
+    d = config.data
+    df = load_events(events if events is not None else d.events, d.user_col, d.item_col, d.time_col)
+    if vocab is None:
+        vocab = ItemVocab.build(df["item_id"], d.min_item_count)
+    seqs = build_sequences(df, vocab, d.min_user_events)
+    splits = leave_one_out(seqs) if d.split == "leave_one_out" else time_split(
+        seqs, d.time_val_fraction, d.time_test_fraction)
+    log.info("%d events, %d users, %d items; %d train sequences, %d val and %d test users",
+             df.height, len(seqs), vocab.n_items, len(splits.train), len(splits.val), len(splits.test))
+    return vocab, splits

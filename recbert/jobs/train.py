@@ -1,0 +1,127 @@
+"""Batch job: events parquet -> sequences -> (MLM pretraining) -> training ->
+full-ranking test evaluation -> model directory, all tracked in MLflow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from recbert.config import RunConfig
+from recbert.data.batches import pad_sequences
+from recbert.data.events import EventSource
+from recbert.data.features import load_item_features
+from recbert.data.prepare import prepare_data
+from recbert.data.vocab import ItemVocab
+from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
+from recbert.model.checkpoint import METRICS_FILE, RUN_CONFIG_FILE
+from recbert.model.recommender import SequenceRecommender
+from recbert.runtime import resolve_device, seed_everything, set_threads
+from recbert.tracking import MODEL_ARTIFACT, Tracker
+from recbert.training.trainer import StageResult, train_stage
+
+log = logging.getLogger("recbert.pipeline")
+
+
+@dataclass
+class TrainResult:
+    run_id: Optional[str]
+    model_dir: Path
+    test_metrics: dict[str, float]
+    stages: list[StageResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_model(config: RunConfig, vocab: ItemVocab) -> SequenceRecommender:
+    config.model.n_tokens = len(vocab)
+    tables = []
+    if config.data.item_features and config.data.item_feature_columns:
+        tables = load_item_features(config.data.item_features, config.data.item_col,
+                                    config.data.item_feature_columns, vocab)
+    config.model.feature_cardinalities = {t.name: t.cardinality for t in tables}
+    config.model.feature_widths = {t.name: t.table.shape[1] for t in tables}
+    model = SequenceRecommender(config.model)
+    for t in tables:
+        model.embeddings.set_feature_table(t.name, torch.from_numpy(t.table))
+    model.vocab = vocab
+    return model
+
+
+def run_training(config: RunConfig, events: Optional[EventSource] = None) -> TrainResult:
+    started = time.perf_counter()
+    seed_everything(config.seed)
+    set_threads(config.threads)
+    device = resolve_device(config.device)
+    vocab, splits = prepare_data(config, events)
+    model = build_model(config, vocab)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("model: %d parameters, device %s", n_params, device)
+
+    tracker = Tracker(config.tracking)
+    with tracker:
+        tracker.start(config.flat())
+        tracker.log_metrics({"data/n_items": vocab.n_items, "data/n_train_sequences": len(splits.train),
+                             "data/n_test_users": len(splits.test), "model/n_parameters": n_params})
+        results, step = [], 0
+        for name, stage in (("pretrain", config.pretrain), ("train", config.train)):
+            if stage.epochs == 0:
+                continue
+            res = train_stage(model, splits, stage, config.eval, name=name, seed=config.seed,
+                              window_stride=config.data.window_stride, device=device,
+                              sink=tracker.log_metrics, step_offset=step)
+            step += res.epochs_run
+            results.append(res)
+        config.model.attention = model.config.attention
+        weights = fusion_layer_weights(model, splits.test.inputs, device)
+        if weights is not None:
+            log.info("learned layer-fusion weights (layer 0 = embeddings): %s", [round(w, 3) for w in weights])
+            tracker.log_metrics({f"fusion/layer_{i}_weight": w for i, w in enumerate(weights)}, step)
+        test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device)
+        test_metrics = {f"test/{k}": v for k, v in test.items()}
+        summary = {**test_metrics, "time/total_seconds": time.perf_counter() - started}
+        for r in results:
+            summary[f"time/{r.name}_seconds"] = r.seconds
+            summary[f"{r.name}/best_epoch"] = r.best_epoch
+            if r.train_seconds:
+                summary[f"{r.name}/mean_epoch_seconds"] = r.train_seconds / r.epochs_run
+        tracker.log_metrics(summary, step)
+
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        model_dir = Path(config.out_dir) / (tracker.run_id or f"run-{stamp}")
+        extra = {RUN_CONFIG_FILE: json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n",
+                 METRICS_FILE: json.dumps(summary, indent=2, sort_keys=True) + "\n"}
+        model.save_pretrained(model_dir, vocab, extra=extra)
+        tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
+        tracker.log_text(format_metrics(test, config), "test_metrics.md")
+    return TrainResult(tracker.run_id, model_dir, summary, results, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def fusion_layer_weights(model: SequenceRecommender, seqs, device, n_users: int = 2048) -> Optional[list[float]]:
+    """Mean learned fusion weight of each hidden layer over real positions of up
+    to ``n_users`` sequences (None unless ``model.fusion == 'learned'``)."""
+    if model.config.fusion != "learned" or len(seqs) == 0:
+        return None
+    model.eval()
+    part = seqs.select(np.arange(min(n_users, len(seqs))))
+    rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal)).to(device)
+    out = model(rows)
+    return model.fusion.layer_weights(out.hidden_states, out.padding_mask).cpu().tolist()
+
+
+def format_metrics(metrics: dict[str, Any], config: RunConfig) -> str:
+    """A markdown table: one row per protocol, one column per metric."""
+    protocols = [p for p in ("all", "unseen", "sampled") if f"{p}/mrr" in metrics]
+    names = [f"{m}@{k}" for k in config.eval.ks for m in ("hr", "ndcg")] + ["mrr"]
+    head = f"| protocol | {' | '.join(names)} |\n|---|{'---|' * len(names)}\n"
+    rows = "".join(f"| {p}{' (selection)' if p == selection_protocol(config.eval) else ''} | "
+                   + " | ".join(f"{metrics[f'{p}/{n}']:.4f}" for n in names) + " |\n" for p in protocols)
+    return head + rows + f"\n{int(metrics.get('n_users', 0))} users; protocols: all = ranked against every item, " \
+        "unseen = history items removed, sampled = against sampled negatives.\n"

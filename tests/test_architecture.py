@@ -1,0 +1,93 @@
+"""The layering rules of README's "Architecture" section, checked on the source: the
+library never imports the scripts in pipelines/, only the CLI imports the jobs, the
+scripts import only the CLI, and no two library modules import each other in a cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+
+PACKAGE = REPO / "recbert"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, at module level or inside functions."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def library_graph() -> dict[str, set[str]]:
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: {i for i in imports(path) if i in files and i != name} for name, path in files.items()}
+
+
+def test_the_library_never_imports_the_pipeline_scripts():
+    offenders = {m for m, p in ((module_name(p), p) for p in PACKAGE.rglob("*.py"))
+                 if any(i == "pipelines" or i.startswith("pipelines.") for i in imports(p))}
+    assert not offenders
+
+
+def test_only_the_cli_imports_the_jobs_and_nothing_below_imports_the_cli():
+    graph = library_graph()
+    for module, deps in graph.items():
+        if module.startswith("recbert.jobs") or module == "recbert.cli":
+            continue
+        assert not {d for d in deps if d.startswith("recbert.jobs") or d == "recbert.cli"}, module
+
+
+def test_pipeline_scripts_import_only_the_cli():
+    scripts = sorted((REPO / "pipelines").glob("*.py"))
+    assert scripts
+    for path in scripts:
+        ours = {i for i in imports(path) if i.split(".")[0] in ("recbert", "pipelines")}
+        assert ours <= {"recbert.cli", "recbert.cli.main"}, (path.name, ours)
+
+
+def test_no_import_cycles_in_the_library():
+    graph = library_graph()
+    # a package's __init__ re-exporting its modules is not a dependency of those modules
+    graph = {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
