@@ -35,17 +35,24 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 import faiss
 
-from recbert.index import IndexConfig, VectorIndex, read_embeddings_parquet, recall_at_k
+from recbert.index import (
+    INDEX_KINDS,
+    IndexConfig,
+    VectorIndex,
+    read_embeddings_parquet,
+    recall_at_k,
+)
 
-# ivf_pq_rerank: ivf_pq + exact re-ranking; hnsw_ip_to_l2: hnsw on the MIPS-to-NN reduction
-KINDS = ("flat", "ivf_flat", "ivf_pq", "ivf_pq_rerank", "hnsw", "hnsw_ip_to_l2")
-SWEEPS = {
-    "ivf_flat": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
-    "ivf_pq": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
-    "ivf_pq_rerank": ("nprobe", (1, 2, 4, 8, 16, 32, 64, 128, 256)),
-    "hnsw": ("ef_search", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)),
-    "hnsw_ip_to_l2": ("ef_search", (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)),
+# Benchmark variants of registry kinds: the kind each builds and its IndexConfig changes.
+VARIANTS = {
+    "ivf_pq_rerank": ("ivf_pq", lambda args: {"rerank": args.rerank}),  # + exact re-ranking
+    "hnsw_ip_to_l2": ("hnsw", lambda args: {"ip_to_l2": True}),  # on the MIPS-to-NN reduction
 }
+# every registry kind, each followed by its variants
+KINDS = tuple(
+    name for kind in INDEX_KINDS
+    for name in (kind, *(variant for variant, (base, _) in VARIANTS.items() if base == kind))
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -170,13 +177,21 @@ def single_query_qps(index: VectorIndex, q: np.ndarray, k: int, limit: int, **ov
 
 
 def config_for(kind: str, args: argparse.Namespace) -> IndexConfig:
-    rerank = args.rerank if kind == "ivf_pq_rerank" else 0
-    base = {"ivf_pq_rerank": "ivf_pq", "hnsw_ip_to_l2": "hnsw"}.get(kind, kind)
+    """The CPU config of a registry kind or benchmark variant, from the command line."""
+    base, changes = VARIANTS.get(kind, (kind, lambda args: {}))
     return IndexConfig(
         kind=base, metric=args.metric, nlist=args.nlist,
         pq_m=args.pq_m, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, seed=args.seed,
-        rerank=rerank, ip_to_l2=kind == "hnsw_ip_to_l2", device="cpu",
+        device="cpu", **changes(args),
     )
+
+
+def sweep(cfg: IndexConfig, args: argparse.Namespace) -> tuple[str, tuple[int, ...]]:
+    """The built index's search-time parameter and the values to try: the registry's sweep
+    (or the configured value with ``--no-sweep``), without values the index cannot use."""
+    param = INDEX_KINDS[cfg.kind].search
+    values = (getattr(cfg, param.name),) if args.no_sweep else param.sweep
+    return param.name, tuple(v for v in values if param.effective(cfg, v) == v)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,13 +227,10 @@ def main(argv: list[str] | None = None) -> None:
         index = VectorIndex.build(x, ids, config_for(kind, args))
         build_s = time.perf_counter() - started
         cfg = index.config
-        name, values = SWEEPS[kind]
-        default = cfg.nprobe if name == "nprobe" else cfg.ef_search
-        values = (default,) if args.no_sweep else values
-        if name == "nprobe":
-            values = tuple(v for v in values if v <= cfg.nlist)
+        name, values = sweep(cfg, args)
+        built = INDEX_KINDS[cfg.kind].describe(cfg)
         sq = min(args.sweep_queries, len(q))
-        print(f"\n{kind} sweep on {sq:,} queries ({_describe(cfg)}; built in {build_s:.1f}s):")
+        print(f"\n{kind} sweep on {sq:,} queries ({built}; built in {build_s:.1f}s):")
         print(f"  {name:>9}  recall@{k}  batch QPS")
         chosen = None
         best = None
@@ -236,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         found, qps = batch_search(index, q, k, **{name: value})  # the full batch, one call
         recall = recall_at_k(found, exact_ids, k)
         rows.append({
-            "kind": kind, "params": f"{_describe(cfg)}, {name}={value}", "build_s": build_s,
+            "kind": kind, "params": f"{built}, {name}={value}", "build_s": build_s,
             "bytes": index_bytes(index), "rss": peak_rss_mib(),
             "qps1": single_query_qps(index, q, k, args.single_queries, **{name: value}),
             "qps": qps, "recall": recall,
@@ -259,17 +271,6 @@ def main(argv: list[str] | None = None) -> None:
     verdict = ", ".join(r["kind"] for r in hits) or "none"
     print(f"\ntarget recall@{k} >= {args.target_recall} at >= 10x exact batch QPS: {verdict}")
     print(f"total wall time {time.perf_counter() - wall:.1f}s")
-
-
-def _describe(cfg: IndexConfig) -> str:
-    if cfg.kind == "ivf_flat":
-        return f"nlist={cfg.nlist}"
-    if cfg.kind == "ivf_pq":
-        rerank = f", re-rank {cfg.rerank}k" if cfg.rerank else ""
-        return f"nlist={cfg.nlist}, PQ{cfg.pq_m}x{cfg.pq_bits}{rerank}"
-    if cfg.kind == "hnsw":
-        return f"M={cfg.hnsw_m}, efC={cfg.ef_construction}{', ip->l2' if cfg.ip_to_l2 else ''}"
-    return "exact"
 
 
 if __name__ == "__main__":

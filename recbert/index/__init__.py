@@ -8,15 +8,21 @@ from recbert.index.faiss_index import (
     recall_at_k,
 )
 from recbert.index.spec import (
+    INDEX_KINDS,
+    KINDS,
     IndexConfig,
     IndexConfigError,
     IndexDeviceError,
     IndexFileError,
     IndexFileMissingError,
     IndexInputError,
+    IndexKindSpec,
+    SearchParam,
 )
 
 __all__ = [
+    "INDEX_KINDS",
+    "KINDS",
     "PAD_ID",
     "IndexConfig",
     "IndexConfigError",
@@ -24,6 +30,8 @@ __all__ = [
     "IndexFileError",
     "IndexFileMissingError",
     "IndexInputError",
+    "IndexKindSpec",
+    "SearchParam",
     "VectorIndex",
     "gpu_available",
     "read_embeddings_parquet",

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from recbert.index import device as _device
 from recbert.index.spec import (
+    INDEX_KINDS,
     IndexConfig,
     IndexConfigError,
     IndexDeviceError,
@@ -40,6 +41,7 @@ from recbert.index.spec import (
     IndexInputError,
     METRICS,
     faiss_metric_name,
+    kinds_where,
 )
 from recbert.io import atomic_dir
 
@@ -55,7 +57,6 @@ FORMAT_VERSION = 1
 GPU_MAX_K = 2048
 
 _FAISS_METRIC = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
-_IVF_KINDS = ("ivf_flat", "ivf_pq")
 
 
 class VectorIndex:
@@ -167,7 +168,7 @@ class VectorIndex:
             x, cfg = _augment_items(x, cfg)
 
         index, cfg = _new_index(cfg, n, x.shape[1])
-        if cfg.kind in _IVF_KINDS:
+        if INDEX_KINDS[cfg.kind].ivf:
             _train(index, x, cfg)
         if where == "gpu":
             index, where = _move_to_gpu(index, cfg)
@@ -295,27 +296,31 @@ class VectorIndex:
         return out_scores, out_ids
 
     def _search_params(self, nprobe: int | None, ef_search: int | None) -> Any:
-        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+        """Faiss search parameters for this call's overrides; ``None`` keeps the index's defaults."""
+        overrides = {"nprobe": nprobe, "ef_search": ef_search}
+        for name, value in overrides.items():
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1
             ):
                 raise IndexInputError(f"{name}={value!r} must be a positive integer")
-        if nprobe is not None and self.kind not in _IVF_KINDS:
-            raise IndexInputError(f"nprobe applies to ivf_flat/ivf_pq indexes, not {self.kind!r}")
-        if ef_search is not None and self.kind != "hnsw":
-            raise IndexInputError(f"ef_search applies to hnsw indexes, not {self.kind!r}")
-        if nprobe is not None:
-            nlist = int(self._config.nlist or 1)
-            if self._device == "gpu" and min(nprobe, nlist) > GPU_MAX_K:
-                raise IndexInputError(f"nprobe={nprobe} exceeds the faiss GPU limit {GPU_MAX_K}")
-            ivf = faiss.SearchParametersIVF(nprobe=int(min(nprobe, nlist)))
-            if self._config.rerank:
-                return faiss.IndexRefineSearchParameters(k_factor=float(self._config.rerank),
-                                                         base_index_params=ivf)
-            return ivf
-        if ef_search is not None:
-            return faiss.SearchParametersHNSW(efSearch=int(ef_search))
-        return None
+        param = INDEX_KINDS[self.kind].search
+        for name, value in overrides.items():
+            if value is not None and (param is None or param.name != name):
+                kinds = "/".join(_kinds_searched_with(name))
+                raise IndexInputError(f"{name} applies to {kinds} indexes, not {self.kind!r}")
+        requested = overrides[param.name] if param is not None else None
+        if requested is None:
+            return None
+        value = param.effective(self._config, requested)
+        if self._device == "gpu" and value > GPU_MAX_K:
+            raise IndexInputError(
+                f"{param.name}={requested} exceeds the faiss GPU limit {GPU_MAX_K}"
+            )
+        params = getattr(faiss, param.faiss_params)(**{param.faiss_name: value})
+        if self._config.rerank:
+            return faiss.IndexRefineSearchParameters(k_factor=float(self._config.rerank),
+                                                     base_index_params=params)
+        return params
 
     # --- persistence ------------------------------------------------------------------
 
@@ -434,10 +439,7 @@ class VectorIndex:
             config = IndexConfig.from_dict({**meta["config"], "device": device})
         except IndexConfigError as exc:
             raise IndexFileError(f"{sidecar_path} has an invalid config: {exc}") from exc
-        if config.kind in _IVF_KINDS:
-            faiss.extract_index_ivf(index).nprobe = min(config.nprobe, int(config.nlist or 1))
-        elif config.kind == "hnsw":
-            index.hnsw.efSearch = config.ef_search
+        _store_search_default(index, config)
         where = _device.resolve_device(device)
         if where == "gpu":
             index, where = _move_to_gpu(index, config)
@@ -451,47 +453,27 @@ class VectorIndex:
 def _new_index(cfg: IndexConfig, n: int, d: int) -> tuple[Any, IndexConfig]:
     """An empty (untrained) CPU faiss index and the config with automatic values resolved."""
     metric = _FAISS_METRIC["l2" if cfg.ip_to_l2 else faiss_metric_name(cfg.metric)]
-    if cfg.kind == "flat":
-        return faiss.IndexFlat(d, metric), cfg
-    if cfg.kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, metric)
-        index.hnsw.efConstruction = cfg.ef_construction
-        index.hnsw.efSearch = cfg.ef_search
-        return index, cfg
-
-    n_train = min(n, cfg.train_sample)
-    nlist = cfg.resolved_nlist(n, n_train)
-    nprobe = min(cfg.nprobe, nlist)
-    quantizer = faiss.IndexFlat(d, metric)
-    if cfg.kind == "ivf_flat":
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, metric)
-        resolved = cfg.replace(nlist=nlist, nprobe=nprobe)
-    else:
-        pq_m = cfg.resolved_pq_m(d)
-        if n_train < 2**cfg.pq_bits:
-            raise IndexConfigError(
-                f"ivf_pq with pq_bits={cfg.pq_bits} needs at least {2**cfg.pq_bits} training "
-                f"vectors, got {n_train} (n={n}, train_sample={cfg.train_sample}); lower "
-                f"pq_bits or use kind='flat'/'ivf_flat'"
-            )
-        index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, cfg.pq_bits, metric)
-        index.pq.cp.seed = cfg.seed
-        resolved = cfg.replace(nlist=nlist, nprobe=nprobe, pq_m=pq_m)
-    index.cp.seed = cfg.seed
-    if cfg.metric == "cosine":
-        index.cp.spherical = True
-    index.nprobe = nprobe
-    if n_train < 39 * nlist:
-        logger.warning(
-            "training %d IVF cells on %d vectors (< 39 per cell): cells will be poor; "
-            "raise train_sample or lower nlist", nlist, n_train,
-        )
+    index, resolved = INDEX_KINDS[cfg.kind].build(cfg, n, d, metric)
+    _store_search_default(index, resolved)
     if cfg.rerank:
         # the wrapper trains / adds to the PQ index and keeps the raw vectors for re-ranking
         refined = faiss.IndexRefineFlat(index)
         refined.k_factor = float(cfg.rerank)
         return refined, resolved
     return index, resolved
+
+
+def _kinds_searched_with(name: str) -> tuple[str, ...]:
+    """The registered kinds whose search-time parameter is ``name``."""
+    return kinds_where(lambda spec: spec.search is not None and spec.search.name == name)
+
+
+def _store_search_default(index: Any, cfg: IndexConfig) -> None:
+    """Make the configured search-time value (e.g. ``nprobe``) the CPU faiss index's default."""
+    param = INDEX_KINDS[cfg.kind].search
+    if param is not None:
+        value = param.effective(cfg, getattr(cfg, param.name))
+        faiss.ParameterSpace().set_index_parameter(index, param.faiss_name, value)
 
 
 def _augment_items(x: np.ndarray, cfg: IndexConfig) -> tuple[np.ndarray, IndexConfig]:
@@ -520,11 +502,12 @@ def _train(index: Any, x: np.ndarray, cfg: IndexConfig) -> None:
 
 
 def _move_to_gpu(index: Any, cfg: IndexConfig) -> tuple[Any, str]:
-    if cfg.kind == "hnsw":
-        logger.info("faiss has no GPU HNSW: the hnsw index stays on CPU")
+    if not INDEX_KINDS[cfg.kind].gpu:
+        logger.info("faiss has no GPU %s: the %s index stays on CPU", cfg.kind.upper(), cfg.kind)
         return index, "cpu"
     if cfg.rerank:
-        logger.info("exact re-ranking (rerank=%d) runs on CPU: the ivf_pq index stays on CPU", cfg.rerank)
+        logger.info("exact re-ranking (rerank=%d) runs on CPU: the %s index stays on CPU",
+                    cfg.rerank, cfg.kind)
         return index, "cpu"
     try:
         moved = _device.index_to_gpu(index)

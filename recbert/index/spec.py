@@ -1,24 +1,34 @@
-"""Index configuration and the errors raised by :mod:`recbert.index`.
+"""Index configuration, the registry of index kinds, and the errors raised by :mod:`recbert.index`.
 
 Every error raised here is both a project error (:class:`recbert.errors.RecbertError`,
 which the CLI prints as one line) and the matching builtin (``ValueError``,
 ``FileNotFoundError``, ``RuntimeError``), so plain ``except ValueError`` works too.
+
+:data:`INDEX_KINDS` is the only list of index kinds. Each name maps to an
+:class:`IndexKindSpec` holding everything that differs between kinds: how to create the
+empty faiss index, whether it is IVF-based, its search-time parameter, whether it can live
+on a GPU, and which kind-specific :class:`IndexConfig` options it accepts. ``IndexConfig``
+validation, :class:`recbert.index.VectorIndex`, the CLI's choices and
+``benchmarks/faiss_index.py`` all read it: adding a kind means adding its functions and
+one entry here. This module does not need faiss; the functions that use it import it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from recbert.errors import CheckpointError, ConfigError, DataError, RecbertError
 
-IndexKind = Literal["flat", "ivf_flat", "ivf_pq", "hnsw"]
+logger = logging.getLogger("recbert.index")
+
 Metric = Literal["ip", "cosine", "l2"]
 Device = Literal["auto", "cpu", "gpu"]
 
-KINDS: tuple[str, ...] = ("flat", "ivf_flat", "ivf_pq", "hnsw")
 METRICS: tuple[str, ...] = ("ip", "cosine", "l2")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "gpu")
 
@@ -43,11 +53,198 @@ class IndexDeviceError(RecbertError, RuntimeError):
     """A GPU was requested explicitly but faiss cannot use one."""
 
 
+# --- index kinds ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchParam:
+    """An index kind's search-time parameter: an :class:`IndexConfig` field of that name,
+    which is also the :meth:`VectorIndex.search` keyword that overrides it for one call.
+
+    name: the field / keyword, e.g. ``ef_search``.
+    faiss_name: the faiss parameter it sets, e.g. ``efSearch``: on the index as its default
+        (through ``faiss.ParameterSpace``) and, for one call, as a keyword of ``faiss_params``.
+    faiss_params: the faiss ``SearchParameters`` class for one call, by name so that this
+        module needs no faiss, e.g. ``SearchParametersHNSW``.
+    limit: ``(resolved config) -> int``, the largest value the index can use (IVF: its
+        ``nlist``; larger values are clipped), or ``None`` when there is no such bound.
+    sweep: ascending values worth trying; ``benchmarks/faiss_index.py`` sweeps them.
+    """
+
+    name: str
+    faiss_name: str
+    faiss_params: str
+    limit: Callable[[IndexConfig], int] | None
+    sweep: tuple[int, ...]
+
+    def effective(self, cfg: IndexConfig, value: int) -> int:
+        """The value faiss uses when ``value`` is asked for: clipped to :attr:`limit`."""
+        return int(value if self.limit is None else min(value, self.limit(cfg)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexKindSpec:
+    """What one index kind is and how to make it.
+
+    build: ``(config, n, d, faiss metric) -> (index, config)``: the empty CPU faiss index
+        (untrained when ``ivf``) for ``n`` vectors of dimension ``d``, and the config with
+        the kind's automatic values resolved. The search default is stored afterwards.
+    describe: ``(resolved config) -> str``, the kind's build parameters in a few words.
+    gpu: faiss can move the index to a GPU.
+    ivf: IVF-based: uses ``nlist`` / ``nprobe`` and is trained on a sample before adding.
+    search: the search-time parameter, or ``None`` when the kind has none (exact search).
+    rerank: the index stores compressed codes, so ``IndexConfig.rerank`` may re-rank its
+        candidates with exact distances (other kinds already rank by exact distances).
+    ip_to_l2: the index is built for a metric, so ``IndexConfig.ip_to_l2`` may apply the
+        MIPS-to-NN reduction to ``metric='ip'``.
+    """
+
+    build: Callable[[IndexConfig, int, int, int], tuple[Any, IndexConfig]]
+    describe: Callable[[IndexConfig], str]
+    gpu: bool
+    ivf: bool = False
+    search: SearchParam | None = None
+    rerank: bool = False
+    ip_to_l2: bool = False
+
+
+# --- flat -----------------------------------------------------------------------------
+
+
+def _build_flat(cfg: IndexConfig, n: int, d: int, metric: int) -> tuple[Any, IndexConfig]:
+    import faiss
+
+    return faiss.IndexFlat(d, metric), cfg
+
+
+def _describe_flat(cfg: IndexConfig) -> str:
+    return "exact"
+
+
+# --- IVF ------------------------------------------------------------------------------
+
+
+def _ivf_config(cfg: IndexConfig, n: int) -> IndexConfig:
+    """``cfg`` with ``nlist`` resolved for ``n`` vectors and ``nprobe`` clipped to it."""
+    nlist = cfg.resolved_nlist(n)
+    return cfg.replace(nlist=nlist, nprobe=min(cfg.nprobe, nlist))
+
+
+def _ivf_ready(index: Any, cfg: IndexConfig, n: int) -> Any:
+    """``index`` with what every IVF kind shares: seeded k-means, spherical for cosine; warns
+    when the cells get fewer than 39 training vectors each."""
+    index.cp.seed = cfg.seed
+    if cfg.metric == "cosine":
+        index.cp.spherical = True
+    n_train = min(n, cfg.train_sample)
+    if n_train < 39 * cfg.nlist:
+        logger.warning(
+            "training %d IVF cells on %d vectors (< 39 per cell): cells will be poor; "
+            "raise train_sample or lower nlist", cfg.nlist, n_train,
+        )
+    return index
+
+
+def _build_ivf_flat(cfg: IndexConfig, n: int, d: int, metric: int) -> tuple[Any, IndexConfig]:
+    import faiss
+
+    resolved = _ivf_config(cfg, n)
+    quantizer = faiss.IndexFlat(d, metric)
+    index = faiss.IndexIVFFlat(quantizer, d, resolved.nlist, metric)
+    return _ivf_ready(index, resolved, n), resolved
+
+
+def _build_ivf_pq(cfg: IndexConfig, n: int, d: int, metric: int) -> tuple[Any, IndexConfig]:
+    import faiss
+
+    resolved = _ivf_config(cfg, n)
+    pq_m = cfg.resolved_pq_m(d)
+    n_train = min(n, cfg.train_sample)
+    if n_train < 2**cfg.pq_bits:
+        raise IndexConfigError(
+            f"ivf_pq with pq_bits={cfg.pq_bits} needs at least {2**cfg.pq_bits} training "
+            f"vectors, got {n_train} (n={n}, train_sample={cfg.train_sample}); lower "
+            f"pq_bits or use kind='flat'/'ivf_flat'"
+        )
+    quantizer = faiss.IndexFlat(d, metric)
+    index = faiss.IndexIVFPQ(quantizer, d, resolved.nlist, pq_m, cfg.pq_bits, metric)
+    index.pq.cp.seed = cfg.seed
+    return _ivf_ready(index, resolved, n), resolved.replace(pq_m=pq_m)
+
+
+def _describe_ivf_flat(cfg: IndexConfig) -> str:
+    return f"nlist={cfg.nlist}"
+
+
+def _describe_ivf_pq(cfg: IndexConfig) -> str:
+    rerank = f", re-rank {cfg.rerank}k" if cfg.rerank else ""
+    return f"nlist={cfg.nlist}, PQ{cfg.pq_m}x{cfg.pq_bits}{rerank}"
+
+
+def _nlist(cfg: IndexConfig) -> int:
+    """The IVF cells of a built index: the most ``nprobe`` can visit."""
+    return int(cfg.nlist or 1)
+
+
+NPROBE = SearchParam(
+    name="nprobe", faiss_name="nprobe", faiss_params="SearchParametersIVF", limit=_nlist,
+    sweep=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+
+# --- HNSW -----------------------------------------------------------------------------
+
+
+def _build_hnsw(cfg: IndexConfig, n: int, d: int, metric: int) -> tuple[Any, IndexConfig]:
+    import faiss
+
+    index = faiss.IndexHNSWFlat(d, cfg.hnsw_m, metric)
+    index.hnsw.efConstruction = cfg.ef_construction
+    return index, cfg
+
+
+def _describe_hnsw(cfg: IndexConfig) -> str:
+    return f"M={cfg.hnsw_m}, efC={cfg.ef_construction}{', ip->l2' if cfg.ip_to_l2 else ''}"
+
+
+EF_SEARCH = SearchParam(
+    name="ef_search", faiss_name="efSearch", faiss_params="SearchParametersHNSW", limit=None,
+    sweep=(16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
+)
+
+
+# --- the registry ---------------------------------------------------------------------
+
+INDEX_KINDS: dict[str, IndexKindSpec] = {
+    "flat": IndexKindSpec(build=_build_flat, describe=_describe_flat, gpu=True),
+    "ivf_flat": IndexKindSpec(
+        build=_build_ivf_flat, describe=_describe_ivf_flat, gpu=True, ivf=True, search=NPROBE,
+    ),
+    "ivf_pq": IndexKindSpec(
+        build=_build_ivf_pq, describe=_describe_ivf_pq, gpu=True, ivf=True, search=NPROBE,
+        rerank=True,
+    ),
+    "hnsw": IndexKindSpec(  # faiss has no GPU HNSW
+        build=_build_hnsw, describe=_describe_hnsw, gpu=False, search=EF_SEARCH, ip_to_l2=True,
+    ),
+}
+KINDS: tuple[str, ...] = tuple(INDEX_KINDS)
+IndexKind = Literal[KINDS]  # the registry's names
+
+
+def kinds_where(predicate: Callable[[IndexKindSpec], bool]) -> tuple[str, ...]:
+    """The names of the registered kinds whose spec satisfies ``predicate``, in registry order."""
+    return tuple(name for name, spec in INDEX_KINDS.items() if predicate(spec))
+
+
+# --- configuration --------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class IndexConfig:
     """How to build and search a :class:`recbert.index.VectorIndex`.
 
-    kind: ``flat`` (exact), ``ivf_flat``, ``ivf_pq`` or ``hnsw``.
+    kind: a name in :data:`INDEX_KINDS`: ``flat`` (exact), ``ivf_flat``, ``ivf_pq`` or ``hnsw``.
     metric: ``ip`` (inner product), ``cosine`` (vectors and queries are L2-normalised, then
         inner product) or ``l2`` (squared Euclidean; scores are returned negated so that
         higher is always better).
@@ -99,7 +296,7 @@ class IndexConfig:
             # numpy integers (e.g. from a sweep) are accepted and stored as plain ints
             if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
                 object.__setattr__(self, f.name, int(value))
-        _check_choice("kind", self.kind, KINDS)
+        _check_choice("kind", self.kind, tuple(INDEX_KINDS))
         _check_choice("metric", self.metric, METRICS)
         _check_choice("device", self.device, DEVICES)
         if self.nlist is not None:
@@ -112,15 +309,16 @@ class IndexConfig:
         _check_int("ef_construction", self.ef_construction, minimum=1)
         _check_int("ef_search", self.ef_search, minimum=1)
         _check_int("rerank", self.rerank, minimum=0)
-        if self.rerank and self.kind != "ivf_pq":
+        spec = INDEX_KINDS[self.kind]
+        if self.rerank and not spec.rerank:
             raise IndexConfigError(
-                f"IndexConfig.rerank={self.rerank} applies to kind='ivf_pq' only "
-                f"({self.kind!r} already ranks by exact distances)"
+                f"IndexConfig.rerank={self.rerank} applies to kind={_either(lambda s: s.rerank)} "
+                f"only ({self.kind!r} already ranks by exact distances)"
             )
-        if self.ip_to_l2 and (self.kind != "hnsw" or self.metric != "ip"):
+        if self.ip_to_l2 and (not spec.ip_to_l2 or self.metric != "ip"):
             raise IndexConfigError(
-                f"IndexConfig.ip_to_l2 applies to kind='hnsw' with metric='ip' only, "
-                f"got kind={self.kind!r}, metric={self.metric!r}"
+                f"IndexConfig.ip_to_l2 applies to kind={_either(lambda s: s.ip_to_l2)} with "
+                f"metric='ip' only, got kind={self.kind!r}, metric={self.metric!r}"
             )
         if self.max_norm is not None and not (isinstance(self.max_norm, (int, float))
                                               and math.isfinite(self.max_norm) and self.max_norm > 0):
@@ -184,6 +382,11 @@ class IndexConfig:
 def faiss_metric_name(metric: str) -> str:
     """The faiss metric a recbert metric is searched with: ``ip`` or ``l2``."""
     return "l2" if metric == "l2" else "ip"
+
+
+def _either(predicate: Callable[[IndexKindSpec], bool]) -> str:
+    """The registered kinds satisfying ``predicate``, quoted, for an error message."""
+    return " or ".join(repr(name) for name in kinds_where(predicate))
 
 
 def _divisors(n: int) -> list[int]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,8 @@ import pytest
 import faiss
 
 from recbert.index import (
+    INDEX_KINDS,
+    KINDS,
     PAD_ID,
     IndexConfig,
     IndexConfigError,
@@ -27,6 +32,7 @@ from recbert.index import (
     resolve_device,
 )
 from recbert.index import device as index_device
+from recbert.index.spec import IndexKind
 
 N, DIM = 2000, 16
 
@@ -701,3 +707,70 @@ def test_recall_at_k():
     assert recall_at_k(found, strings, 2) == pytest.approx(2 / 3)
     with pytest.raises(IndexInputError, match="k=4"):
         recall_at_k(exact, exact, 4)
+
+
+# --- the registry of index kinds -------------------------------------------------------
+
+
+def test_the_registry_is_the_list_of_kinds(monkeypatch, data, item_ids, no_gpu):
+    x, q = data
+    assert KINDS == tuple(INDEX_KINDS)
+    assert typing.get_args(IndexKind) == KINDS
+    for kind in INDEX_KINDS:
+        assert IndexConfig(kind=kind).kind == kind
+    # a kind added to the registry alone is accepted and built; one removed is rejected
+    monkeypatch.setitem(INDEX_KINDS, "flat_copy", INDEX_KINDS["flat"])
+    copy = VectorIndex.build(x, item_ids, IndexConfig(kind="flat_copy"))
+    _, flat = VectorIndex.build(x, item_ids).search(q, 5)
+    np.testing.assert_array_equal(copy.search(q, 5)[1], flat)
+    monkeypatch.delitem(INDEX_KINDS, "hnsw")
+    choices = "'flat', 'ivf_flat', 'ivf_pq', 'flat_copy'"
+    with pytest.raises(IndexConfigError, match=f"kind='hnsw' is not one of {choices}"):
+        IndexConfig(kind="hnsw")
+
+
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_kind_specific_options_follow_the_registry(kind):
+    for option, value in (("rerank", 2), ("ip_to_l2", True)):  # each with its registry flag
+        if getattr(INDEX_KINDS[kind], option):
+            IndexConfig(kind=kind, **{option: value})
+        else:
+            with pytest.raises(IndexConfigError, match=f"{option}.* applies to kind="):
+                IndexConfig(kind=kind, **{option: value})
+
+
+def test_search_params_are_config_fields_and_search_keywords():
+    keywords = inspect.signature(VectorIndex.search).parameters
+    config_fields = {f.name for f in dataclasses.fields(IndexConfig)}
+    for spec in INDEX_KINDS.values():
+        if spec.search is not None:
+            assert spec.search.name in keywords and spec.search.name in config_fields
+            sweep = list(spec.search.sweep)
+            assert sweep == sorted(set(sweep)) and sweep[0] >= 1
+
+
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_every_kind_builds_saves_loads_and_searches(tmp_path, no_gpu, kind):
+    x = np.random.default_rng(7).standard_normal((600, 8)).astype(np.float32)
+    q = np.random.default_rng(8).standard_normal((20, 8)).astype(np.float32)
+    spec = INDEX_KINDS[kind]
+    index = VectorIndex.build(x, np.arange(600), IndexConfig(kind=kind, nprobe=4, ef_search=32))
+    assert index.kind == kind and index.count == 600 and spec.describe(index.config)
+    scores, ids = index.search(q, 5)
+    assert ids.shape == (20, 5) and (ids != PAD_ID).all()
+    assert (np.diff(scores, axis=1) <= 1e-6).all()
+    loaded = VectorIndex.load(index.save(tmp_path / "idx"), device="cpu")
+    assert loaded.config == index.config.replace(device="cpu")
+    np.testing.assert_array_equal(loaded.search(q, 5)[1], ids)  # the search default survives
+    np.testing.assert_array_equal(loaded.search(q, 5)[0], scores)
+    if spec.search is not None:
+        _, widest = loaded.search(q, 5, **{spec.search.name: spec.search.sweep[-1]})
+        assert widest.shape == (20, 5)
+
+
+@pytest.mark.parametrize("kind", list(INDEX_KINDS))
+def test_gpu_placement_follows_the_registry(monkeypatch, kind):
+    FakeGpu(monkeypatch)
+    x = np.random.default_rng(9).standard_normal((600, 8)).astype(np.float32)
+    index = VectorIndex.build(x, np.arange(600), IndexConfig(kind=kind))
+    assert index.device == ("gpu" if INDEX_KINDS[kind].gpu else "cpu")
