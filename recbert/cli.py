@@ -5,11 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import typing
 from pathlib import Path
 
 import click
 
+from recbert.config import DataConfig
+from recbert.data.tasks import TASKS
 from recbert.errors import RecbertError
+from recbert.exports.embeddings import USER_POOLINGS
+from recbert.index.spec import DEVICES, KINDS, METRICS
+
+# Every list of choices below comes from the registry that the library validates against.
+SPLITS = typing.get_args(typing.get_type_hints(DataConfig)["split"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -117,7 +125,7 @@ def with_model(f):
 @cli.command("evaluate")
 @with_model
 @click.option("--events", help="Events parquet to evaluate on (default: the training events).")
-@click.option("--split", type=click.Choice(["leave_one_out", "time"]), help="Override the split.")
+@click.option("--split", type=click.Choice(SPLITS), help="Override the split.")
 @set_option
 def evaluate(run_id: str | None, model_dir: Path | None, events: str | None, split: str | None,
              overrides: tuple[str, ...]) -> None:
@@ -182,7 +190,7 @@ def _retrieval_tracking(no_mlflow: bool):
 @click.option("--normalize", is_flag=True, help="L2-normalise (cosine retrieval; drops the bias column).")
 @click.option("--no-bias", is_flag=True, help="Leave out the item-bias coordinate.")
 @click.option("--batch-size", default=4096, show_default=True)
-@click.option("--pooling", type=click.Choice(["mean", "max", "mean_max", "last"]),
+@click.option("--pooling", type=click.Choice(USER_POOLINGS),
               help="Users: pool the encoder's output over the history instead of the scorer's user vector "
                    "(features for other models; no bias column).")
 @no_mlflow_option
@@ -203,9 +211,9 @@ def index_group() -> None:
 @index_group.command("build")
 @click.option("--embeddings", type=click.Path(path_type=Path), required=True, help="Exported items parquet.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Index directory to write.")
-@click.option("--kind", type=click.Choice(["flat", "ivf_flat", "ivf_pq", "hnsw"]), default="flat", show_default=True)
-@click.option("--metric", type=click.Choice(["ip", "cosine", "l2"]), default="ip", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "gpu"]), default="auto", show_default=True)
+@click.option("--kind", type=click.Choice(KINDS), default="flat", show_default=True)
+@click.option("--metric", type=click.Choice(METRICS), default="ip", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Index parameter, e.g. --set nlist=1024 --set nprobe=16 --set ef_search=128.")
@@ -268,7 +276,7 @@ def index_query(run_id, model_dir, index_dir, user_id, items, events, top_k, kee
 
 # -- experiments: fine-tuning and ablations -----------------------------------------------------
 @cli.command("finetune")
-@click.option("--task", type=click.Choice(["gender", "age", "occupation", "label", "ctr"]), required=True,
+@click.option("--task", type=click.Choice(TASKS), required=True,
               help="label: your own users table (experiment.users) and its column experiment.label_column.")
 @with_model
 @click.option("--scratch", is_flag=True, help="Fine-tune a freshly initialised encoder (same ModelConfig) "

@@ -21,12 +21,21 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
 from recbert.errors import ConfigError
+from recbert.model.blocks import REUSE_BLOCKS
+from recbert.model.fusion import FUSIONS, POOL_KINDS
+from recbert.training.losses import LOSSES
 
+# Choices come from the registries of the modules that build them: a new fusion, reuse
+# block or loss is added there and appears here (validation, CLI, ablation grids).
 Objective = Literal["mlm", "next_item"]
 Attention = Literal["bidirectional", "causal"]
+FusionKind = Literal[tuple(FUSIONS)]
+ReuseBlock = Literal[tuple(REUSE_BLOCKS)]
+ItemLoss = Literal[tuple(LOSSES)]
+Schedule = Literal["linear", "cosine", "constant"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the events are and how they become per-user sequences."""
 
@@ -58,7 +67,7 @@ class DataConfig:
             raise ConfigError(f"data.window_stride must be >= 1, got {self.window_stride}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Shape of the encoder. ``n_items`` and the feature sizes are filled from the data."""
 
@@ -76,40 +85,44 @@ class ModelConfig:
     # Layer fusion of all hidden states (embedding output = layer 0) into the sequence output:
     # 'last' (the last layer only), 'learned' (softmax-weighted sum + dense), or the
     # parameter-free 'mean' / 'max' / 'sum' of the last ``fusion_layers`` states.
-    fusion: Literal["last", "learned", "mean", "max", "sum"] = "last"
+    fusion: FusionKind = "last"
     fusion_layers: int = 2
     # Residual feature-reuse block x + f(x) after the encoder (bidirectional: MLM only).
-    reuse_block: Literal["none", "lstm", "gru", "cnn", "transformer"] = "none"
+    reuse_block: ReuseBlock = "none"
+    reuse_kernel_size: int = 3  # reuse_block='cnn': width of the same-length 1-D convolution
     init_std: float = 0.02
     n_tokens: int = 0  # vocabulary size incl. PAD/MASK/UNK, filled from the vocabulary
     feature_cardinalities: dict[str, int] = field(default_factory=dict)  # values per side feature
     feature_widths: dict[str, int] = field(default_factory=dict)  # max values per item per feature
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "layers", "heads", "intermediate", "max_len"):
+        for name in ("hidden", "layers", "heads", "intermediate", "max_len", "reuse_kernel_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        _check_choice("model.fusion", self.fusion, FUSIONS)
+        _check_choice("model.reuse_block", self.reuse_block, REUSE_BLOCKS)
         if self.hidden % self.heads:
             raise ConfigError(f"model.hidden ({self.hidden}) must be divisible by model.heads ({self.heads})")
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.fusion in ("mean", "max", "sum") and not 1 <= self.fusion_layers <= self.layers + 1:
+        if self.fusion in POOL_KINDS and not 1 <= self.fusion_layers <= self.layers + 1:
             raise ConfigError(f"model.fusion_layers must be in [1, {self.layers + 1}] (layers + embeddings), "
                               f"got {self.fusion_layers}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class StageConfig:
     """One training stage (MLM pretraining or next-item training)."""
 
     objective: Objective = "mlm"
+    loss: ItemLoss = "full_softmax"  # the catalogue loss at target positions (training.losses.LOSSES)
     epochs: int = 0
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    schedule: Schedule = "linear"
     grad_clip: float = 1.0
     mask_prob: float = 0.2  # MLM: share of tokens masked
     last_item_mask_prob: float = 0.1  # MLM: share of sequences with only the last item masked
@@ -120,6 +133,7 @@ class StageConfig:
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
             raise ConfigError("stage epochs must be >= 0 and batch_size, eval_every, patience >= 1")
+        _check_choice("stage loss", self.loss, LOSSES)
         if self.lr <= 0:
             raise ConfigError(f"stage lr must be > 0, got {self.lr}")
         if not 0.0 < self.mask_prob < 1.0:
@@ -130,7 +144,7 @@ class StageConfig:
             raise ConfigError(f"stage warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """Full-ranking evaluation. Both protocols are always reported; ``exclude_seen``
     picks the one used for model selection and the headline figures."""
@@ -151,7 +165,7 @@ class EvalConfig:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     enabled: bool = True
     experiment: str = "recbert"
@@ -159,7 +173,7 @@ class TrackingConfig:
     run_name: Optional[str] = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one `recbert train` run needs."""
 
@@ -207,6 +221,11 @@ class RunConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def _check_choice(what: str, value: Any, registry: Any) -> None:
+    if value not in registry:
+        raise ConfigError(f"{what} must be one of {list(registry)}, got {value!r}")
 
 
 def load_config(cls: type, path: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:

@@ -91,3 +91,41 @@ def test_no_import_cycles_in_the_library():
         if v not in index:
             visit(v)
     assert not cycles, cycles
+
+
+LAYERS = [  # README "Architecture": a module imports only from its own layer or earlier ones
+    ("recbert.errors", "recbert.finite", "recbert.io", "recbert.runtime", "recbert.config", "recbert.tracking"),
+    ("recbert.data",),
+    ("recbert.model",),
+    ("recbert.evaluation",),
+    ("recbert.training",),
+    ("recbert.heads", "recbert.exports", "recbert.index"),
+    ("recbert.jobs",),
+    ("recbert.cli",),
+]
+# config reads its lists of choices from these registries, which import nothing of recbert's
+REGISTRY_LEAVES = {"recbert.model.blocks", "recbert.model.fusion", "recbert.training.losses"}
+
+
+def layer_of(module: str) -> int:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    raise AssertionError(f"{module} is in no layer of README's Architecture section")
+
+
+def test_every_import_goes_to_the_same_or_an_earlier_layer():
+    graph = library_graph()
+    bad = []
+    for module, deps in graph.items():
+        if module == "recbert":
+            continue
+        for dep in deps:
+            if dep == "recbert" or (module == "recbert.config" and dep in REGISTRY_LEAVES):
+                continue
+            if layer_of(dep) > layer_of(module):
+                bad.append(f"{module} -> {dep}")
+    assert not bad, bad
+    for leaf in REGISTRY_LEAVES:
+        assert not {d for d in graph[leaf] if d.startswith("recbert.")} - {"recbert.errors", "recbert.data.vocab",
+                                                                            "recbert.io"}, leaf

@@ -90,12 +90,30 @@ def test_unknown_section_suggests_close_one():
     ("train.objective=clm", "train.objective"),
     ("data.split=random", "data.split"),
     ("train.schedule=step", "train.schedule"),
+    ("model.fusion=weighted", "model.fusion"),
+    ("model.reuse_block=mamba", "model.reuse_block"),
+    ("train.loss=sampled", "train.loss"),
 ])
 def test_literal_violations(override, key):
     with pytest.raises(ConfigError) as exc:
         RunConfig.load(overrides=[override])
     assert repr(key) in str(exc.value)
     assert "must be one of" in str(exc.value)
+
+
+def test_choices_come_from_the_registries_that_build_them():
+    """A kind added to a registry is a valid config value, with nothing else to edit."""
+    import typing
+
+    from recbert.config import ModelConfig, StageConfig
+    from recbert.model.blocks import REUSE_BLOCKS
+    from recbert.model.fusion import FUSIONS
+    from recbert.training.losses import LOSSES
+
+    hints = typing.get_type_hints(ModelConfig)
+    assert typing.get_args(hints["fusion"]) == tuple(FUSIONS)
+    assert typing.get_args(hints["reuse_block"]) == tuple(REUSE_BLOCKS)
+    assert typing.get_args(typing.get_type_hints(StageConfig)["loss"]) == tuple(LOSSES)
 
 
 def test_literal_accepts_allowed_values():

@@ -52,7 +52,6 @@ class EncoderHeadModel(nn.Module):
         super().__init__()
         if not isinstance(backbone, SequenceRecommender):
             raise TypeError(f"backbone must be a SequenceRecommender, got {type(backbone).__name__}")
-        self.model_config: ModelConfig = backbone.config
         self.backbone = backbone
         # The scorer (tied to embeddings.item) is only needed for the MLM auxiliary loss.
         self.keep_scorer = keep_scorer
@@ -61,6 +60,10 @@ class EncoderHeadModel(nn.Module):
         self.metadata: dict[str, Any] = {}
 
     # the recommender's parts, read-only views
+    @property
+    def model_config(self) -> ModelConfig:
+        return self.backbone.config
+
     @property
     def embeddings(self) -> nn.Module:
         return self.backbone.embeddings

@@ -20,15 +20,15 @@ from recbert.config import build_section
 from recbert.errors import ConfigError, DataError
 from recbert.heads.base import EncoderHeadModel
 from recbert.heads.losses import binary_focal_loss, multiclass_focal_loss
-from recbert.model.mlp import VARIANTS, ResidualMLP
+from recbert.model.mlp import VARIANTS, ResidualMLP, TowerVariant
 from recbert.model.pooling import POOLING_KINDS, build_pooling
 from recbert.model.recommender import SequenceRecommender
 
-Task = Literal["multiclass", "multilabel", "binary"]
 TASKS = ("multiclass", "multilabel", "binary")
+Task = Literal[TASKS]
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeadConfig:
     """A classification head. ``class_weights``: one weight per class (binary: [negative,
     positive]); ``focal_alpha``: positive-class weight of the sigmoid focal loss."""
@@ -42,7 +42,7 @@ class HeadConfig:
     pool_heads: int = 2  # for 'lstm_attention'
     hidden_dims: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
-    variant: Literal["add", "concat", "plain"] = "add"  # "plain": no skip path (ablation)
+    variant: TowerVariant = "add"  # "plain": no skip path (ablation)
     loss: Literal["ce", "focal"] = "ce"
     focal_gamma: float = 2.0
     focal_alpha: Optional[float] = None

@@ -21,12 +21,12 @@ from recbert.config import build_section
 from recbert.errors import ConfigError, DataError
 from recbert.heads.base import EncoderHeadModel
 from recbert.heads.losses import binary_focal_loss
-from recbert.model.mlp import VARIANTS, ResidualMLP
+from recbert.model.mlp import VARIANTS, ResidualMLP, TowerVariant
 from recbert.model.pooling import POOLING_KINDS, build_pooling
 from recbert.model.recommender import SequenceRecommender
 
 
-@dataclass
+@dataclass(frozen=True)
 class CTRConfig:
     pooling: str = "cls"  # 'cls' at -1 = the [MASK] slot (append_mask) or else the newest event
     cls_position: int = -1
@@ -37,7 +37,7 @@ class CTRConfig:
     pool_heads: int = 2
     hidden_dims: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.1
-    variant: Literal["add", "concat", "plain"] = "add"  # "plain": no skip path (ablation)
+    variant: TowerVariant = "add"  # "plain": no skip path (ablation)
     n_context: int = 0  # width of the dense context features (0 = none)
     use_product: bool = True
     loss: Literal["bce", "focal"] = "bce"

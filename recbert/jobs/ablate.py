@@ -37,11 +37,14 @@ from recbert.config import DataConfig, ModelConfig, RunConfig, StageConfig, Trac
 from recbert.errors import ConfigError
 from recbert.heads.classification import HeadConfig
 from recbert.heads.ctr import CTRConfig
-from recbert.heads.finetune import FinetuneConfig
+from recbert.heads.finetune import AUX_LOSSES, FinetuneConfig
 from recbert.evaluation.classification import CLASSIFICATION_METRICS
 from recbert.evaluation.report import mean_std, results_table
 from recbert.jobs.finetune import ExperimentConfig, FinetuneRunConfig, run_classification
 from recbert.jobs.train import run_training
+from recbert.model.blocks import REUSE_BLOCKS
+from recbert.model.fusion import FUSIONS
+from recbert.model.mlp import VARIANTS as TOWER_VARIANTS
 from recbert.tracking import Tracker
 
 log = logging.getLogger("recbert.ablate")
@@ -49,7 +52,7 @@ log = logging.getLogger("recbert.ablate")
 SWITCHES = ("fusion", "reuse_block", "residual_attention", "pretrained", "aux", "tower")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AblationGrid:
     task: Literal["gender", "age", "occupation"] = "gender"
     mode: Literal["one_at_a_time", "full"] = "one_at_a_time"
@@ -76,19 +79,13 @@ class AblationGrid:
         for name in ("aux_lambda_mlm", "aux_lambda_head"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ConfigError(f"grid.{name} must be in (0, 1), got {getattr(self, name)}")
-        bad = [a for a in self.aux if a not in ("none", "mlm", "head")]
-        if bad:
-            raise ConfigError(f"grid.aux values must be 'none', 'mlm' or 'head', got {bad}")
+        _check_values("aux", self.aux, AUX_LOSSES)
         if self.max_variants is not None and self.max_variants < 1:
             raise ConfigError(f"grid.max_variants must be >= 1, got {self.max_variants}")
-        # validate the values against their config fields
-        for r in self.reuse_block:
-            if r not in ("none", "lstm", "gru", "cnn", "transformer"):
-                raise ConfigError(f"grid.reuse_block values must be model.reuse_block kinds, got {r!r}")
-        for t in self.tower:
-            HeadConfig(variant=t)  # type: ignore[arg-type]
-        if any(f not in ("last", "learned", "mean", "max", "sum") for f in self.fusion):
-            raise ConfigError(f"grid.fusion values must be model.fusion kinds, got {self.fusion}")
+        # the values come from the registries of the switches they set
+        _check_values("reuse_block", self.reuse_block, REUSE_BLOCKS)
+        _check_values("fusion", self.fusion, FUSIONS)
+        _check_values("tower", self.tower, TOWER_VARIANTS)
 
     def variants(self) -> list[dict[str, Any]]:
         base = {s: getattr(self, s)[0] for s in SWITCHES}
@@ -103,12 +100,18 @@ class AblationGrid:
         return unique[: self.max_variants] if self.max_variants else unique
 
 
+def _check_values(switch: str, values: list, allowed) -> None:
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise ConfigError(f"grid.{switch} values must be among {list(allowed)}, got {bad}")
+
+
 def variant_name(variant: dict[str, Any], base: dict[str, Any]) -> str:
     diff = [f"{k}={v}" for k, v in variant.items() if v != base[k]]
     return "base" if not diff else ", ".join(diff)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AblationConfig:
     """`recbert ablate` config: the grid, the shared model / pretraining / fine-tuning settings."""
 
@@ -122,6 +125,7 @@ class AblationConfig:
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(encoder_lr=1e-3, patience=100))
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="recbert-ablate"))
     threads: Optional[int] = None
+    device: str = "auto"  # pretraining and fine-tuning, as in `recbert train`
 
     def flat(self) -> dict[str, Any]:
         return RunConfig.flat(self)
@@ -154,7 +158,7 @@ def _pretrain(cfg: AblationConfig, model: ModelConfig, seed: int, out_dir: Path)
         pretrain=dataclasses.replace(cfg.pretrain, objective="mlm", epochs=cfg.grid.pretrain_epochs),
         train=StageConfig(objective="mlm", epochs=0),
         tracking=TrackingConfig(enabled=False),
-        seed=seed, device="cpu", threads=cfg.threads, out_dir=str(out_dir),
+        seed=seed, device=cfg.device, threads=cfg.threads, out_dir=str(out_dir),
     )
     res = run_training(run)
     return res.model_dir, {k: v for k, v in res.test_metrics.items() if k.startswith(("test/unseen/ndcg", "time/"))}
@@ -177,7 +181,8 @@ def run_ablation(cfg: AblationConfig) -> AblationResult:
             ft = dataclasses.replace(cfg.finetune, aux=variant["aux"], aux_lambda=lam)
             run_cfg = FinetuneRunConfig(experiment=cfg.experiment, model=model_cfg,
                                         head=dataclasses.replace(cfg.head, variant=variant["tower"]),
-                                        ctr=CTRConfig(), finetune=ft, tracking=cfg.tracking, threads=cfg.threads)
+                                        ctr=CTRConfig(), finetune=ft, tracking=cfg.tracking, threads=cfg.threads,
+                                        device=cfg.device)
             vtracker = Tracker(cfg.tracking, parent_run_id=parent.run_id)
             with vtracker:
                 vtracker.start({**{f"variant.{k}": v for k, v in variant.items()}, "variant": name}, run_name=name)

@@ -3,6 +3,7 @@ evaluate it by full ranking on the test split of an events file."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Optional
@@ -28,7 +29,7 @@ def run_evaluation(model_dir: Path, events: Optional[str] = None, split: Optiona
     if config is None:
         raise CheckpointError(f"model directory {model_dir} has no {RUN_CONFIG_FILE}")
     if split is not None:
-        config.data.split = split
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, split=split))
     eval_config = eval_config or config.eval
     target = resolve_device(device)
     _, splits = prepare_data(config, events, vocab=model.vocab)

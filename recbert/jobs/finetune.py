@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from recbert.config import ModelConfig, RunConfig, TrackingConfig, load_config
-from recbert.data.tasks import USER_TASKS, CTRSplit, UserTask, build_ctr_task, build_user_task
+from recbert.data.tasks import CTR_FEATURES, USER_TASKS, CTRSplit, UserTask, build_ctr_task, build_user_task
 from recbert.data.vocab import PAD
 from recbert.errors import ConfigError
 from recbert.evaluation.classification import (CLASSIFICATION_METRICS, CTR_METRICS, classification_metrics,
@@ -44,13 +44,14 @@ from recbert.heads.ctr import CTRConfig, CTRModel
 from recbert.evaluation.report import fmt, mean_std, results_table
 from recbert.heads.backbones import VARIANTS, Backbones
 from recbert.heads.finetune import FinetuneConfig, finetune
+from recbert.runtime import resolve_device, set_threads
 from recbert.tracking import Tracker
 
 log = logging.getLogger("recbert.finetune")
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     """Data and protocol of a fine-tuning experiment."""
 
@@ -87,7 +88,7 @@ class ExperimentConfig:
                 raise ConfigError(f"experiment.{name} must be >= 1 (or unset), got {v}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneRunConfig:
     """Everything a `recbert finetune` run needs. ``model`` is used only for a scratch model
     without a model directory (otherwise the directory's config is used)."""
@@ -99,6 +100,7 @@ class FinetuneRunConfig:
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(patience=100))
     tracking: TrackingConfig = field(default_factory=lambda: TrackingConfig(experiment="recbert-finetune"))
     threads: Optional[int] = None
+    device: str = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...
 
     def flat(self) -> dict[str, Any]:
         return RunConfig.flat(self)  # the walk only needs dataclass fields
@@ -168,11 +170,11 @@ def _batches(arrays: Sequence[np.ndarray], batch_size: int, seed: int) -> Callab
 
 
 def _fit(model: torch.nn.Module, arrays: Sequence[np.ndarray], val_fn: Callable, cfg: FinetuneConfig,
-         exp: ExperimentConfig, seed: int, higher_is_better: bool):
+         exp: ExperimentConfig, seed: int, higher_is_better: bool, device: torch.device):
     """``finetune`` on shuffled batches of ``arrays`` (history rows first, labels last)."""
     steps = math.ceil(len(arrays[0]) / exp.batch_size)
     return finetune(model, _batches(arrays, exp.batch_size, seed), val_fn, dataclasses.replace(cfg, seed=seed),
-                    exp.epochs, higher_is_better=higher_is_better, device="cpu", steps_per_epoch=steps)
+                    exp.epochs, higher_is_better=higher_is_better, device=device, steps_per_epoch=steps)
 
 
 def _stratified_split(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
@@ -189,9 +191,11 @@ def _stratified_split(idx: np.ndarray, labels: np.ndarray, fraction: float, seed
 @torch.no_grad()
 def _predict(fn: Callable[..., torch.Tensor], arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
     outs = []
+    device = next(fn.parameters()).device
     for i in range(0, len(arrays[0]), batch_size):
         sl = slice(i, i + batch_size)
-        outs.append(fn(_trim(arrays[0][sl]), *(torch.from_numpy(a[sl]) for a in arrays[1:])).cpu().numpy())
+        inputs = (_trim(arrays[0][sl]), *(torch.from_numpy(a[sl]) for a in arrays[1:]))
+        outs.append(fn(*(x.to(device) for x in inputs)).cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros(0)
 
 
@@ -203,9 +207,9 @@ def _variants(variants: Sequence[str]) -> list[str]:
     return out
 
 
-def _setup(config: FinetuneRunConfig) -> None:
-    if config.threads:
-        torch.set_num_threads(config.threads)
+def _setup(config: FinetuneRunConfig) -> torch.device:
+    set_threads(config.threads)
+    return resolve_device(config.device)
 
 
 def _window(config: FinetuneRunConfig, model_config: ModelConfig) -> int:
@@ -245,7 +249,7 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
     if task not in USER_TASKS:
         raise ConfigError(f"classification task must be one of {list(USER_TASKS)}, got {task!r}")
     started = time.perf_counter()
-    _setup(config)
+    device = _setup(config)
     exp = config.experiment
     variants = _variants(variants)
     backbones = Backbones(model_dir, config.model, exp.events)
@@ -294,9 +298,9 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
                         return metrics(m, val)["log_loss"]
 
                     res = _fit(model, [data.rows[train], labels_t[train]], val_fn, config.finetune, exp,
-                               seed * 1000 + fold, higher_is_better=False)
+                               seed * 1000 + fold, higher_is_better=False, device=device)
                     m = metrics(model, test)
-                    m["best_epoch"] = res.best_epoch + 1
+                    m["best_epoch"] = res.best_epoch
                     result.runs.setdefault(variant, []).append(m)
                     result.curves.setdefault(variant, []).append(curve)
                     _child(config.tracking, parent.run_id, f"{variant} s{seed} f{fold}",
@@ -310,12 +314,12 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
             train, val = _stratified_split(np.arange(len(data)), data.labels, exp.val_fraction, seed)
             model = SequenceClassifier(backbones.make(variants[0], seed), head_cfg)
             res = _fit(model, [data.rows[train], labels_t[train]], lambda m: metrics(m, val)["log_loss"],
-                       config.finetune, exp, seed, higher_is_better=False)
+                       config.finetune, exp, seed, higher_is_better=False, device=device)
             cv = {k: round(v[0], 6) for k, v in result.summary()[variants[0]].items() if math.isfinite(v[0])}
             model.metadata = {"task": task, "label_column": exp.label_column if task == "label" else None,
                               "classes": list(data.classes), "window": int(data.rows.shape[1]),
                               "variant": variants[0], "source_model_dir": str(model_dir) if model_dir else None,
-                              "cv_metrics": cv, "val_log_loss": round(res.best_metric, 6),
+                              "cv_metrics": cv, "val_log_loss": round(res.best_score, 6),
                               "mlflow_run_id": parent.run_id}
             _save(model, save_dir, parent)
         result.seconds = time.perf_counter() - started
@@ -343,9 +347,8 @@ def _child(tracking: TrackingConfig, parent_id: Optional[str], name: str, params
         child.log_metrics({f"test/{k}": v for k, v in metrics.items() if math.isfinite(v)})
         for step, row in enumerate(curve or []):
             child.log_metrics({f"curve/{k}": v for k, v in row.items() if math.isfinite(v)}, step)
-        for row in history or []:
-            child.log_metrics({f"train/{k}": v for k, v in row.items() if k != "epoch" and math.isfinite(v)},
-                              int(row["epoch"]) + 1)
+        for epoch, row in enumerate(history or [], 1):
+            child.log_metrics({k: v for k, v in row.items() if math.isfinite(v)}, epoch)
 
 
 def _log_summary(parent: Tracker, result: ExperimentResult, metrics: Sequence[str], curve_metric: str) -> None:
@@ -365,6 +368,14 @@ def _sample(split: CTRSplit, n: Optional[int], seed: int) -> CTRSplit:
     return split.subset(idx)
 
 
+def _standardised_features(train: CTRSplit, *others: CTRSplit) -> dict[int, np.ndarray]:
+    """The dense task features of each split as float32, standardised with the training
+    split's mean and std (the CTR model's context input); keyed by ``id(split)``."""
+    mean, std = train.features.mean(0), train.features.std(0)
+    std = np.where(std > 0, std, 1.0)
+    return {id(s): ((s.features - mean) / std).astype(np.float32) for s in (train, *others)}
+
+
 def feature_baseline(train: CTRSplit, test: CTRSplit, seed: int) -> np.ndarray:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -382,11 +393,15 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
     ``save_dir``, the first variant's model of the first seed (early-stopped on the
     validation split) is saved there with its test metrics."""
     started = time.perf_counter()
-    _setup(config)
+    device = _setup(config)
     exp = config.experiment
     variants = _variants(variants)
-    if config.ctr.n_context:
-        raise ConfigError("ctr.n_context must be 0 here: the CTR model sees the item sequence only")
+    if config.ctr.n_context not in (0, len(CTR_FEATURES)):
+        raise ConfigError(f"ctr.n_context must be 0 (the item sequence only) or {len(CTR_FEATURES)} (also the "
+                          f"task's dense features {list(CTR_FEATURES)}, standardised), got {config.ctr.n_context}")
+    if config.ctr.n_context and save_dir is not None:
+        raise ConfigError("a CTR head with context features (ctr.n_context > 0) cannot be saved for `recbert "
+                          "predict`, which scores (user, item) pairs without them; set ctr.n_context=0")
     backbones = Backbones(model_dir, config.model, exp.events)
     task = build_ctr_task(exp.events, backbones.vocab, _window(config, backbones.config),
                           items=exp.items if exp.items and Path(exp.items).is_file() else None,
@@ -403,6 +418,7 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
             train = _sample(task.train, exp.max_train_samples, seed)
             val = _sample(task.val, exp.max_val_samples, seed + 1)
             test = _sample(task.test, exp.max_test_samples, seed + 2)
+            context = _standardised_features(train, val, test) if config.ctr.n_context else {}
             if exp.baselines:
                 m = ctr_metrics(test.labels, feature_baseline(train, test, seed))
                 result.runs.setdefault("features_logreg", []).append(m)
@@ -413,17 +429,18 @@ def run_ctr(model_dir: Optional[str | Path], config: FinetuneRunConfig, variants
                 curve: list[dict[str, float]] = []
 
                 def proba(m: CTRModel, s: CTRSplit) -> np.ndarray:
-                    logits = _predict(m, [s.rows, s.candidates], exp.eval_batch_size)
+                    extra = [context[id(s)]] if context else []
+                    logits = _predict(m, [s.rows, s.candidates, *extra], exp.eval_batch_size)
                     return 1 / (1 + np.exp(-logits))
 
                 def val_fn(m: CTRModel) -> float:
                     curve.append(ctr_metrics(test.labels, proba(m, test)))
                     return ctr_metrics(val.labels, proba(m, val))["auc"]
 
-                res = _fit(model, [train.rows, train.candidates, train.labels], val_fn, config.finetune, exp, seed,
-                           higher_is_better=True)
+                arrays = [train.rows, train.candidates, *([context[id(train)]] if context else []), train.labels]
+                res = _fit(model, arrays, val_fn, config.finetune, exp, seed, higher_is_better=True, device=device)
                 m = ctr_metrics(test.labels, proba(model, test))
-                m["best_epoch"] = res.best_epoch + 1
+                m["best_epoch"] = res.best_epoch
                 result.runs.setdefault(variant, []).append(m)
                 result.curves.setdefault(variant, []).append(curve)
                 _child(config.tracking, parent.run_id, f"{variant} s{seed}", {"seed": seed, "variant": variant},

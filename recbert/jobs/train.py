@@ -3,6 +3,7 @@ full-ranking test evaluation -> model directory, all tracked in MLflow."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -40,14 +41,16 @@ class TrainResult:
 
 
 def build_model(config: RunConfig, vocab: ItemVocab) -> SequenceRecommender:
-    config.model.n_tokens = len(vocab)
+    """A new recommender for ``vocab``: ``config.model`` with the sizes the data decides
+    (tokens, side-feature tables) filled in a copy; ``config`` itself is not changed."""
     tables = []
     if config.data.item_features and config.data.item_feature_columns:
         tables = load_item_features(config.data.item_features, config.data.item_col,
                                     config.data.item_feature_columns, vocab)
-    config.model.feature_cardinalities = {t.name: t.cardinality for t in tables}
-    config.model.feature_widths = {t.name: t.table.shape[1] for t in tables}
-    model = SequenceRecommender(config.model)
+    model_config = dataclasses.replace(config.model, n_tokens=len(vocab),
+                                       feature_cardinalities={t.name: t.cardinality for t in tables},
+                                       feature_widths={t.name: t.table.shape[1] for t in tables})
+    model = SequenceRecommender(model_config)
     for t in tables:
         model.embeddings.set_feature_table(t.name, torch.from_numpy(t.table))
     model.vocab = vocab
@@ -66,7 +69,8 @@ def run_training(config: RunConfig, events: Optional[EventSource] = None) -> Tra
 
     tracker = Tracker(config.tracking)
     with tracker:
-        tracker.start(config.flat())
+        # params: the config as loaded, with the sizes the data decided (a copy; config is read-only)
+        tracker.start(dataclasses.replace(config, model=model.config).flat())
         tracker.log_metrics({"data/n_items": vocab.n_items, "data/n_train_sequences": len(splits.train),
                              "data/n_test_users": len(splits.test), "model/n_parameters": n_params})
         results, step = [], 0
@@ -78,7 +82,6 @@ def run_training(config: RunConfig, events: Optional[EventSource] = None) -> Tra
                               sink=tracker.log_metrics, step_offset=step)
             step += res.epochs_run
             results.append(res)
-        config.model.attention = model.config.attention
         weights = fusion_layer_weights(model, splits.test.inputs, device)
         if weights is not None:
             log.info("learned layer-fusion weights (layer 0 = embeddings): %s", [round(w, 3) for w in weights])
@@ -95,7 +98,8 @@ def run_training(config: RunConfig, events: Optional[EventSource] = None) -> Tra
 
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         model_dir = Path(config.out_dir) / (tracker.run_id or f"run-{stamp}")
-        extra = {RUN_CONFIG_FILE: json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n",
+        trained = dataclasses.replace(config, model=model.config)  # with the attention training left it in
+        extra = {RUN_CONFIG_FILE: json.dumps(trained.to_dict(), indent=2, sort_keys=True) + "\n",
                  METRICS_FILE: json.dumps(summary, indent=2, sort_keys=True) + "\n"}
         model.save_pretrained(model_dir, vocab, extra=extra)
         tracker.log_artifacts(model_dir, MODEL_ARTIFACT)

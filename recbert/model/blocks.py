@@ -9,12 +9,14 @@ makes the block exactly the identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-REUSE_KINDS = ("lstm", "gru", "cnn", "transformer")
+REUSE_KINDS = ("lstm", "gru", "cnn", "transformer")  # the residual blocks x + f(x)
 
 
 def _real_mask(x: Tensor, mask: Tensor | None) -> Tensor:
@@ -116,6 +118,19 @@ class IdentityBlock(nn.Module):
         return x
 
 
+def _residual(kind: str) -> Callable[..., nn.Module]:
+    def build(hidden: int, dropout: float, kernel_size: int, heads: int) -> nn.Module:
+        return ResidualReuseBlock(kind, hidden, dropout, kernel_size=kernel_size, heads=heads)
+    return build
+
+
+# reuse block kind -> builder(hidden, dropout, kernel_size, heads): the one list of choices
+REUSE_BLOCKS: dict[str, Callable[..., nn.Module]] = {
+    "none": lambda hidden, dropout, kernel_size, heads: IdentityBlock(),
+    **{kind: _residual(kind) for kind in REUSE_KINDS},
+}
+
+
 def build_reuse_block(
     kind: str | None,
     hidden: int,
@@ -123,10 +138,8 @@ def build_reuse_block(
     kernel_size: int = 3,
     heads: int = 2,
 ) -> nn.Module:
-    """ResidualReuseBlock by kind; IdentityBlock for None or 'none'."""
-    if kind is None or kind == "none":
-        return IdentityBlock()
-    if kind not in REUSE_KINDS:
-        allowed = (None, "none", *REUSE_KINDS)
-        raise ValueError(f"unknown reuse block kind {kind!r}; allowed: {allowed}")
-    return ResidualReuseBlock(kind, hidden, dropout, kernel_size=kernel_size, heads=heads)
+    """The block of :data:`REUSE_BLOCKS` named ``kind`` (None = 'none': IdentityBlock)."""
+    kind = "none" if kind is None else kind
+    if kind not in REUSE_BLOCKS:
+        raise ValueError(f"unknown reuse block kind {kind!r}; allowed: {(None, *REUSE_BLOCKS)}")
+    return REUSE_BLOCKS[kind](hidden, dropout, kernel_size, heads)

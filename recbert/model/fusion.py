@@ -8,13 +8,12 @@ position, so padded positions never influence real ones and ``mask`` is only use
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-FUSION_KINDS = ("last", "learned", "mean", "max", "sum")
-POOL_KINDS = ("mean", "max", "sum")
+POOL_KINDS = ("mean", "max", "sum")  # the parameter-free fusions over the last k states
 
 
 class LastLayer(nn.Module):
@@ -95,18 +94,28 @@ class LearnedLayerFusion(nn.Module):
         return alpha[real].mean(dim=0)
 
 
-def build_fusion(kind: str, n_layers: int, hidden: int, k: int = 2) -> nn.Module:
-    """Fusion module by name: 'last', 'learned', or 'mean'/'max'/'sum' over the last ``k``.
-
-    ``n_layers`` counts the hidden states given to forward (embedding output included);
-    ``k`` must lie in [1, n_layers] for the pooling kinds.
-    """
-    if kind == "last":
-        return LastLayer()
-    if kind == "learned":
-        return LearnedLayerFusion(n_layers, hidden)
-    if kind in POOL_KINDS:
+def _pool_last(kind: str) -> Callable[[int, int, int], nn.Module]:
+    def build(n_layers: int, hidden: int, k: int) -> nn.Module:
         if not 1 <= k <= n_layers:
             raise ValueError(f"k={k} is out of range: allowed 1..{n_layers} (n_layers)")
         return PoolLastLayers(kind, k)
-    raise ValueError(f"unknown fusion kind {kind!r}; allowed: {FUSION_KINDS}")
+    return build
+
+
+# fusion kind -> builder(n_layers, hidden, k): the one list of fusion choices
+FUSIONS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "last": lambda n_layers, hidden, k: LastLayer(),
+    "learned": lambda n_layers, hidden, k: LearnedLayerFusion(n_layers, hidden),
+    **{kind: _pool_last(kind) for kind in POOL_KINDS},
+}
+FUSION_KINDS = tuple(FUSIONS)
+
+
+def build_fusion(kind: str, n_layers: int, hidden: int, k: int = 2) -> nn.Module:
+    """Fusion module by name (one of :data:`FUSIONS`): 'last', 'learned', or
+    'mean'/'max'/'sum' over the last ``k``. ``n_layers`` counts the hidden states given
+    to forward (embedding output included); ``k`` must lie in [1, n_layers] for the
+    pooling kinds."""
+    if kind not in FUSIONS:
+        raise ValueError(f"unknown fusion kind {kind!r}; allowed: {FUSION_KINDS}")
+    return FUSIONS[kind](n_layers, hidden, k)

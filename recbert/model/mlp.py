@@ -6,6 +6,7 @@ Shapes: [..., in_dim] -> [..., out_dim]; every module exposes ``out_dim``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +17,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
-VARIANTS = ("add", "concat", "plain")
+VARIANTS = ("add", "concat", "plain")  # residual block variants; "plain" = no skip path
+TowerVariant = Literal[VARIANTS]
 
 
 def make_activation(name: str) -> nn.Module:

@@ -8,13 +8,13 @@ reach the output; a row with no real token pools to zeros (never NaN).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from recbert.model.blocks import run_rnn_packed
 
-POOLING_KINDS = ("cls", "mean", "max", "mean_max", "attention", "lstm_attention")
 
 
 def _prepare(h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -130,18 +130,21 @@ class LstmAttentionPooling(nn.Module):
         return torch.cat([pooled, self.cls(h, mask)], dim=-1)
 
 
+# pooling kind -> builder(hidden, cls_position, heads): the one list of pooling choices
+POOLINGS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "cls": lambda hidden, cls_position, heads: ClsPooling(hidden, cls_position),
+    "mean": lambda hidden, cls_position, heads: MeanPooling(hidden),
+    "max": lambda hidden, cls_position, heads: MaxPooling(hidden),
+    "mean_max": lambda hidden, cls_position, heads: MeanMaxPooling(hidden),
+    "attention": lambda hidden, cls_position, heads: AttentionPooling(hidden),
+    "lstm_attention": lambda hidden, cls_position, heads: LstmAttentionPooling(hidden, heads=heads,
+                                                                                cls_position=cls_position),
+}
+POOLING_KINDS = tuple(POOLINGS)
+
+
 def build_pooling(kind: str, hidden: int, cls_position: int = 0, heads: int = 2) -> nn.Module:
-    """Pooling module by name (one of POOLING_KINDS); read its ``out_dim`` for the width."""
-    if kind == "cls":
-        return ClsPooling(hidden, cls_position)
-    if kind == "mean":
-        return MeanPooling(hidden)
-    if kind == "max":
-        return MaxPooling(hidden)
-    if kind == "mean_max":
-        return MeanMaxPooling(hidden)
-    if kind == "attention":
-        return AttentionPooling(hidden)
-    if kind == "lstm_attention":
-        return LstmAttentionPooling(hidden, heads=heads, cls_position=cls_position)
-    raise ValueError(f"unknown pooling kind {kind!r}; allowed: {POOLING_KINDS}")
+    """Pooling module by name (one of :data:`POOLINGS`); read its ``out_dim`` for the width."""
+    if kind not in POOLINGS:
+        raise ValueError(f"unknown pooling kind {kind!r}; allowed: {POOLING_KINDS}")
+    return POOLINGS[kind](hidden, cls_position, heads)

@@ -89,7 +89,8 @@ class SequenceRecommender(nn.Module):
         self.fusion = fusion if fusion is not None else build_fusion(
             config.fusion, config.layers + 1, config.hidden, config.fusion_layers)
         self.reuse = reuse if reuse is not None else build_reuse_block(
-            config.reuse_block, config.hidden, config.dropout, heads=config.heads)
+            config.reuse_block, config.hidden, config.dropout, kernel_size=config.reuse_kernel_size,
+            heads=config.heads)
         self.scorer = scorer if scorer is not None else ItemScorer(config, self.embeddings.item)
         self.vocab: Optional[ItemVocab] = None
         self.apply(self._init_weights)
@@ -107,6 +108,12 @@ class SequenceRecommender(nn.Module):
     @property
     def causal(self) -> bool:
         return self.config.attention == "causal"
+
+    def set_attention(self, causal: bool) -> None:
+        """Make ``causal`` (or bidirectional) attention the model's default, as its last
+        training stage used it; saved in ``config.json``. The config is replaced, never
+        written into: a RunConfig the model was built from stays as it was loaded."""
+        self.config = dataclasses.replace(self.config, attention="causal" if causal else "bidirectional")
 
     def forward(self, input_ids: Tensor, causal: Optional[bool] = None) -> EncoderOutput:
         """All hidden states, plus ``sequence_output``: the fused states passed

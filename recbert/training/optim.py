@@ -1,51 +1,157 @@
-"""AdamW with decay only on weight matrices, and warm-up + decay schedules."""
+"""The one optimiser factory of every training loop (pretraining, next-item training,
+fine-tuning): freezing, AdamW parameter groups with layer-wise learning-rate decay and
+no weight decay on 1-D parameters, and warm-up + decay schedules.
+
+* ``apply_freeze(model, freeze, trainable_layers)``: one of :data:`FREEZE_MODES`:
+  'none' | 'all' (the whole recommender: only a head trains) | 'embeddings' | 'partial'
+  (only the top ``trainable_layers`` encoder layers, plus what sits above them: final
+  norm, fusion, reuse block, scorer);
+* ``parameter_groups(model, lr, weight_decay, head_lr, layer_decay)``: layer i of n gets
+  ``lr * layer_decay ** (n - i)`` (embeddings are layer 0, the parts above the last layer
+  layer n), head parameters ``head_lr``; biases and LayerNorm weights no decay;
+* ``lr_schedule(optimizer, total_steps, warmup_ratio, schedule)``: one of :data:`SCHEDULES`.
+
+Parameter names are a bare recommender's (``encoder.layers.0...``) or a head model's
+(``backbone.encoder.layers.0...``); anything outside the recommender is the head.
+"""
 
 from __future__ import annotations
 
 import math
+import re
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-from recbert.config import StageConfig
+from recbert.errors import ConfigError
+from recbert.model.recommender import BACKBONE_PARTS, backbone_part
+
+FREEZE_MODES = ("none", "all", "embeddings", "partial")
+_LAYER = re.compile(r"^encoder\.layers\.(\d+)\.")
+BETAS = (0.9, 0.98)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Biases, LayerNorm weights and other 1-D parameters get no weight decay."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _n_layers(model: nn.Module) -> int:
+    return len(model.encoder.layers)
 
 
-def make_optimizer(model: nn.Module, stage: StageConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(parameter_groups(model, stage.weight_decay), lr=stage.lr, betas=(0.9, 0.98))
+def layer_depth(name: str, n_layers: int) -> Optional[int]:
+    """0 for embeddings, i + 1 for encoder layer i, ``n_layers`` for the parts above the
+    last layer (final norm, fusion, reuse, scorer); None for head parameters."""
+    name = backbone_part(name) or name
+    part = name.split(".", 1)[0]
+    if part not in BACKBONE_PARTS:
+        return None
+    if part == "embeddings":
+        return 0
+    m = _LAYER.match(name)
+    if m:
+        return int(m.group(1)) + 1
+    return n_layers
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, stage: StageConfig, total_steps: int
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then linear or cosine
-    decay to zero at ``total_steps``, or a constant rate."""
-    return lr_schedule(optimizer, total_steps, stage.warmup_ratio, stage.schedule)
+def apply_freeze(model: nn.Module, freeze: str = "none", trainable_layers: int = 1) -> list[str]:
+    """Set ``requires_grad`` per ``freeze``; returns the names of trainable parameters."""
+    if freeze not in FREEZE_MODES:
+        raise ConfigError(f"freeze must be one of {list(FREEZE_MODES)}, got {freeze!r}")
+    n = _n_layers(model)
+    if freeze == "partial" and not 1 <= trainable_layers <= n:
+        raise ConfigError(f"finetune.trainable_layers must be in [1, {n}] (the encoder's layers), "
+                          f"got {trainable_layers}")
+    trainable = []
+    for name, p in model.named_parameters():
+        depth = layer_depth(name, n)
+        if depth is None or freeze == "none":
+            train = True
+        elif freeze == "all":
+            train = False
+        elif freeze == "embeddings":
+            train = depth > 0
+        else:  # partial: layers n - k + 1 .. n and everything above
+            train = depth > n - trainable_layers
+        p.requires_grad_(train)
+        if train:
+            trainable.append(name)
+    return trainable
+
+
+def set_train_modes(model: nn.Module, training: bool = True) -> nn.Module:
+    """``model.train(training)``, then every submodule whose parameters are all frozen is
+    put in eval mode, so frozen parts run deterministically (no dropout) while the
+    trainable parts train. Returns ``model``."""
+    model.train(training)
+    if training:
+        for _, module in model.named_modules():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+    return model
+
+
+def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr: Optional[float] = None,
+                     layer_decay: float = 1.0) -> list[dict]:
+    """AdamW parameter groups (trainable parameters only), each with ``name``, ``lr``,
+    ``weight_decay`` and ``params``; ordered from the embeddings up to the head."""
+    n = _n_layers(model)
+    head_lr = lr if head_lr is None else head_lr
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        depth = layer_depth(name, n)
+        if depth is None:
+            key, group_lr, order = "head", head_lr, n + 1
+        else:
+            key, group_lr, order = f"layer_{depth}", lr * layer_decay ** (n - depth), depth
+        decay = p.ndim >= 2
+        g = groups.setdefault((key, decay), {
+            "name": f"{key}{'' if decay else '_no_decay'}", "lr": group_lr,
+            "weight_decay": weight_decay if decay else 0.0, "params": [], "_order": (order, not decay)})
+        g["params"].append(p)
+    out = sorted(groups.values(), key=lambda g: g["_order"])
+    for g in out:
+        del g["_order"]
+    return out
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, head_lr: Optional[float] = None,
+                   layer_decay: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW (betas 0.9 / 0.98) over :func:`parameter_groups`."""
+    groups = parameter_groups(model, lr, weight_decay, head_lr, layer_decay)
+    if not groups:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS)
+
+
+def _linear(progress: float) -> float:
+    return max(0.0, 1.0 - progress)
+
+
+def _cosine(progress: float) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _constant(progress: float) -> float:
+    return 1.0
+
+
+# decay after the warm-up, as a factor of the base rate at ``progress`` in [0, 1]
+SCHEDULES: dict[str, Callable[[float], float]] = {"linear": _linear, "cosine": _cosine, "constant": _constant}
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float, schedule: str
                 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The schedule of :func:`make_schedule` from its two settings; it scales every
-    parameter group's own learning rate by the same factor."""
-    if schedule not in ("linear", "cosine", "constant"):
-        raise ValueError(f"schedule must be 'linear', 'cosine' or 'constant', got {schedule!r}")
+    """Linear warm-up over ``warmup_ratio`` of the steps, then the named decay (to zero at
+    ``total_steps`` for 'linear' / 'cosine'); it scales every group's own rate alike."""
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}")
+    decay = SCHEDULES[schedule]
     warmup = int(warmup_ratio * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return max(0.0, 1.0 - progress)
+        return decay(min(1.0, (step - warmup) / max(1, total_steps - warmup)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -75,6 +75,17 @@ def test_pretrained_encoder_loads_with_identical_outputs(tmp_path):
 STEPS = 150
 
 
+@pytest.mark.parametrize("use_product", [True, False])
+def test_product_feature_switch_sets_the_tower_width(use_product):
+    """ctr.use_product: the tower reads [u, c, proj(u) * c] (on) or [u, c] (off)."""
+    model = CTRModel(backbone(), CTRConfig(pooling="mean_max", use_product=use_product))
+    x, c, y = ring_clicks(np.random.default_rng(1), 5)
+    h = model.hidden
+    assert model.features(x, c).shape == (5, 2 * h + h + (h if use_product else 0))
+    assert isinstance(model.project, torch.nn.Linear) == use_product
+    model.loss(model(x, c), y).backward()
+
+
 def test_ctr_head_learns_next_item_on_the_ring():
     rng = np.random.default_rng(0)
     x, c, y = ring_clicks(rng, 1000)

@@ -8,8 +8,8 @@ from recbert.errors import ConfigError, DivergenceError
 from recbert.heads.base import rows_from_tokens
 from recbert.heads.classification import HeadConfig, SequenceClassifier
 from recbert.heads.ctr import CTRModel
-from recbert.heads.finetune import (FinetuneConfig, apply_freeze, finetune, layer_depth, make_optimizer,
-                                    mlm_aux_loss, param_groups, set_train_modes)
+from recbert.heads.finetune import FinetuneConfig, finetune, mlm_aux_loss
+from recbert.training.optim import apply_freeze, layer_depth, make_optimizer, parameter_groups, set_train_modes
 from recbert.training.losses import full_softmax_loss, gather_targets
 from tests.heads.tiny import tiny_backbone
 
@@ -46,25 +46,25 @@ def test_freeze_options_leave_exactly_the_intended_parameters_trainable():
     assert emb and all(layer.values()) and top and head_names
     assert emb | layer[0] | layer[1] | layer[2] | top | head_names == names
 
-    assert apply_freeze(model, FinetuneConfig(freeze="none")) and trainable(model) == names
-    apply_freeze(model, FinetuneConfig(freeze="all"))
+    assert apply_freeze(model, "none") and trainable(model) == names
+    apply_freeze(model, "all")
     assert trainable(model) == head_names
-    apply_freeze(model, FinetuneConfig(freeze="embeddings"))
+    apply_freeze(model, "embeddings")
     assert trainable(model) == names - emb
-    apply_freeze(model, FinetuneConfig(freeze="partial", trainable_layers=1))
+    apply_freeze(model, "partial", 1)
     assert trainable(model) == layer[2] | top | head_names
-    apply_freeze(model, FinetuneConfig(freeze="partial", trainable_layers=2))
+    apply_freeze(model, "partial", 2)
     assert trainable(model) == layer[1] | layer[2] | top | head_names
     with pytest.raises(ConfigError, match=r"trainable_layers must be in \[1, 3\]"):
-        apply_freeze(model, FinetuneConfig(freeze="partial", trainable_layers=4))
+        apply_freeze(model, "partial", 4)
 
 
 def test_frozen_parameters_do_not_change_in_training():
     model = head()
     cfg = FinetuneConfig(freeze="partial", trainable_layers=1, encoder_lr=1e-2, head_lr=1e-2)
-    apply_freeze(model, cfg)
+    apply_freeze(model, cfg.freeze, cfg.trainable_layers)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg.encoder_lr, cfg.weight_decay, cfg.head_lr, cfg.layer_decay)
     x, y = parity_task(np.random.default_rng(0), 32)
     for _ in range(3):
         opt.zero_grad()
@@ -80,7 +80,7 @@ def test_frozen_parameters_do_not_change_in_training():
 def test_frozen_parts_run_in_eval_mode_while_the_rest_trains():
     model = SequenceClassifier(backbone(dropout=0.5), HeadConfig(task="binary", dropout=0.5))
     x, _ = parity_task(np.random.default_rng(0), 16)
-    apply_freeze(model, FinetuneConfig(freeze="all"))
+    apply_freeze(model, "all")
     set_train_modes(model)
     assert model.training and model.tower.training
     assert not model.backbone.encoder.training and not model.backbone.embeddings.training
@@ -88,7 +88,7 @@ def test_frozen_parts_run_in_eval_mode_while_the_rest_trains():
         a, b = model.encode(x).sequence_output, model.encode(x).sequence_output
         assert torch.equal(a, b)
         assert not torch.equal(model(x), model(x))
-    apply_freeze(model, FinetuneConfig(freeze="partial", trainable_layers=1))
+    apply_freeze(model, "partial", 1)
     set_train_modes(model)
     assert model.backbone.encoder.training and model.backbone.encoder.layers[2].training
     assert not model.backbone.encoder.layers[0].training and not model.backbone.embeddings.training
@@ -103,8 +103,8 @@ def test_finetune_follows_the_warmup_and_decay_schedule(schedule, last):
     batches = lambda e: [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]  # noqa: E731
     cfg = FinetuneConfig(head_lr=1e-2, warmup_ratio=0.25, schedule=schedule, patience=10)
     rows = []
-    finetune(model, batches, lambda m: float(len(rows)), cfg, epochs=4, log=rows.append)
-    lrs = [r["lr"] for r in rows]  # the head group's rate after each epoch (4 steps each)
+    finetune(model, batches, lambda m: float(len(rows)), cfg, epochs=4, sink=lambda r, step: rows.append(r))
+    lrs = [r["finetune/lr"] for r in rows]  # the head group's rate after each epoch (4 steps each)
     assert lrs[0] == pytest.approx(1e-2)  # warm-up (4 of 16 steps) just ended
     assert lrs[-1] == pytest.approx(1e-2 * last)
     if schedule == "linear":
@@ -115,7 +115,7 @@ def test_finetune_follows_the_warmup_and_decay_schedule(schedule, last):
 def test_layer_wise_decay_gives_increasing_lrs_toward_the_top():
     model = CTRModel(backbone())
     cfg = FinetuneConfig(encoder_lr=1e-3, head_lr=5e-3, layer_decay=0.5, weight_decay=0.1)
-    groups = param_groups(model, cfg)
+    groups = parameter_groups(model, cfg.encoder_lr, cfg.weight_decay, cfg.head_lr, cfg.layer_decay)
     lr = {g["name"]: g["lr"] for g in groups}
     assert lr["layer_0"] == pytest.approx(1e-3 * 0.5 ** 3)  # embeddings: lowest
     assert [lr[f"layer_{i}"] for i in range(4)] == pytest.approx([1.25e-4, 2.5e-4, 5e-4, 1e-3])
@@ -129,8 +129,8 @@ def test_layer_wise_decay_gives_increasing_lrs_toward_the_top():
     assert layer_depth("backbone.encoder.final_norm.weight", 3) == 3 and layer_depth("tower.out.bias", 3) is None
     assert layer_depth("backbone.encoder.layers.1.ffn.0.weight", 3) == 2
     assert layer_depth("encoder.layers.1.ffn.0.weight", 3) == 2  # a bare recommender's names
-    apply_freeze(model, FinetuneConfig(freeze="all"))
-    assert {g["name"] for g in param_groups(model, cfg)} == {"head", "head_no_decay"}
+    apply_freeze(model, "all")
+    assert {g["name"] for g in parameter_groups(model, cfg.encoder_lr, cfg.weight_decay, cfg.head_lr, cfg.layer_decay)} == {"head", "head_no_decay"}
 
 
 # -- auxiliary MLM ------------------------------------------------------------------------------------
@@ -168,10 +168,10 @@ def test_finetune_learns_first_item_parity_with_aux_mlm_and_restores_best():
         return float((m.predict(xv) == yv.long()).float().mean())
 
     rows = []
-    res = finetune(model, batches, accuracy, cfg, epochs=25, log=rows.append)
-    assert res.best_metric > 0.8  # chance: 0.5
-    assert rows and all(r["aux_loss"] > 0 for r in rows)
-    assert accuracy(model) == pytest.approx(res.best_metric)  # best weights restored
+    res = finetune(model, batches, accuracy, cfg, epochs=25, sink=lambda r, step: rows.append(r))
+    assert res.best_score > 0.8  # chance: 0.5
+    assert rows and all(r["finetune/aux_loss"] > 0 for r in rows)
+    assert accuracy(model) == pytest.approx(res.best_score)  # best weights restored
     assert not model.training
 
 
@@ -179,12 +179,12 @@ def test_finetune_stops_early_when_the_metric_does_not_improve():
     model = head(layers=1)
     x, y = parity_task(np.random.default_rng(0), 32)
     res = finetune(model, lambda e: [(x, y)], lambda m: 0.5, FinetuneConfig(patience=2), epochs=10)
-    assert res.stopped_early and res.epochs_run == 2 and res.best_epoch == -1
+    assert res.stopped_early and res.epochs_run == 2 and res.best_epoch == 0
     with pytest.raises(ConfigError, match="nothing to train"):
         model2 = head(layers=1)
         for p in model2.parameters():
             p.requires_grad_(False)
-        make_optimizer(model2, FinetuneConfig())
+        make_optimizer(model2, 1e-3, 0.0)
 
 
 def test_finetune_with_an_exploding_learning_rate_stops_with_a_divergence_error():
@@ -207,7 +207,7 @@ def test_finetune_refuses_non_finite_validation_scores_with_the_epoch():
         scores = m(x).reshape(-1) if len(calls) < 3 else torch.full((32,), float("nan"))
         return roc_auc(scores, y)
 
-    with pytest.raises(DivergenceError, match=r"model scores are not finite: fine-tuning diverged at epoch 2 \(32 NaN"):
+    with pytest.raises(DivergenceError, match=r"model scores are not finite: finetune diverged at epoch 2 \(32 NaN"):
         finetune(model, lambda e: [(x, y)], val, FinetuneConfig(patience=50), epochs=5)
 
 
@@ -238,7 +238,7 @@ def test_finetune_runs_a_ctr_model_with_context_and_aux():
     res = finetune(model, lambda e: [(x[i:i + 32], cand[i:i + 32], ctx[i:i + 32], y[i:i + 32]) for i in (0, 32)],
                    lambda m: -float(m.loss(m(x, cand, ctx), y)), cfg, epochs=3)
     assert res.epochs_run == 3 and len(res.history) == 3
-    assert all(np.isfinite(r["loss"]) and r["steps"] == 2 for r in res.history)
+    assert all(np.isfinite(r["finetune/loss"]) and r["finetune/steps"] == 2 for r in res.history)
     assert not model.embeddings.item.weight.requires_grad
 
 
@@ -261,8 +261,8 @@ def test_aux_head_loss_trains_a_classifier_on_the_plain_last_layer():
     before = model.aux_out.weight.detach().clone()
     rows = []
     res = finetune(model, batches, lambda m: float((m.predict(xv) == yv.long()).float().mean()), cfg, epochs=20,
-                   log=rows.append)
-    assert res.best_metric > 0.75 and all(r["aux_loss"] > 0 for r in rows)
+                   sink=lambda r, step: rows.append(r))
+    assert res.best_score > 0.75 and all(r["finetune/aux_loss"] > 0 for r in rows)
     assert not torch.equal(before, model.aux_out.weight)
     with torch.no_grad():  # the auxiliary classifier learned the task from the last layer too
         _, aux = model.forward_with_aux(xv)

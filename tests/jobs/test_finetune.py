@@ -65,6 +65,20 @@ def test_run_ctr_pretrained_and_scratch(pretrained_dir):
     assert res.info["test"] > 10_000
 
 
+def test_ctr_with_the_dense_task_features_as_context(pretrained_dir):
+    """ctr.n_context=3: the head also reads the baseline's three features (standardised);
+    with them it learns at least what the features alone give."""
+    sets = DATA + ["tracking.enabled=false", "experiment.epochs=3", "experiment.max_train_samples=3000",
+                   "experiment.max_val_samples=500", "experiment.max_test_samples=1500", "ctr.n_context=3",
+                   "ctr.use_product=false", "finetune.head_lr=0.01"]
+    res = run_ctr(pretrained_dir, FinetuneRunConfig.load(None, sets), variants=("pretrained",))
+    with_context = res.runs["pretrained"][0]["auc"]
+    assert with_context > res.runs["features_logreg"][0]["auc"] - 0.03 and with_context > 0.6
+    for bad, message in ((["ctr.n_context=2"], "must be 0 .* or 3"), ([], "cannot be saved")):
+        with pytest.raises(ConfigError, match=message):
+            run_ctr(pretrained_dir, FinetuneRunConfig.load(None, sets + bad), save_dir=None if bad else "x")
+
+
 def test_window_longer_than_the_model_is_rejected(pretrained_dir):
     cfg = FinetuneRunConfig.load(None, DATA + ["tracking.enabled=false", "experiment.max_len=50"])
     with pytest.raises(ConfigError, match="max_len"):

@@ -13,7 +13,7 @@ from recbert.cli import main
 from recbert.data.batches import left_pad
 from recbert.errors import DataError
 from recbert.heads import CTRModel, SequenceClassifier, load_head
-from tests.test_finetune_pipeline import DATA, ML, TINY
+from tests.jobs.test_finetune import DATA, ML, TINY
 
 EVENTS = str(ML / "events.parquet")
 

@@ -80,6 +80,15 @@ def test_recommend_breaks_ties_in_vocabulary_order_and_refuses_nan_scores():
         model.recommend([[103]], k=4)
 
 
+def test_cnn_reuse_block_takes_its_kernel_size_from_the_config():
+    model = make_model(reuse_block="cnn", reuse_kernel_size=5)
+    assert model.reuse.f.kernel_size == (5,)
+    with pytest.raises(ConfigError, match="reuse_kernel_size"):
+        make_model(reuse_block="cnn", reuse_kernel_size=0)
+    with pytest.raises(ConfigError, match=r"model.fusion must be one of \['last', 'learned'"):
+        make_model(fusion="weighted")
+
+
 def test_recommend_rejects_bad_k():
     model = make_model()
     with pytest.raises(Exception, match="k=11"):

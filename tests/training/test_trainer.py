@@ -6,7 +6,7 @@ from recbert.config import EvalConfig, ModelConfig, StageConfig
 from recbert.data.sequences import build_sequences, leave_one_out
 from recbert.data.vocab import ItemVocab
 from recbert.model.recommender import SequenceRecommender
-from recbert.training.optim import make_optimizer, make_schedule, parameter_groups
+from recbert.training.optim import lr_schedule, make_optimizer, parameter_groups
 from recbert.training.trainer import train_stage
 from tests.conftest import cyclic_events
 
@@ -67,10 +67,12 @@ def test_time_budget_stops_a_stage():
 
 def test_no_weight_decay_on_biases_and_norms():
     model, _ = setup()
-    decay, no_decay = parameter_groups(model, 0.1)
-    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
-    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
-    n = sum(p.numel() for g in (decay, no_decay) for p in g["params"])
+    groups = parameter_groups(model, 1e-3, 0.1)
+    for g in groups:
+        decays = not g["name"].endswith("_no_decay")
+        assert g["weight_decay"] == (0.1 if decays else 0.0) and g["lr"] == 1e-3
+        assert all((p.ndim >= 2) == decays for p in g["params"])
+    n = sum(p.numel() for g in groups for p in g["params"])
     assert n == sum(p.numel() for p in model.parameters())
 
 
@@ -78,8 +80,8 @@ def test_no_weight_decay_on_biases_and_norms():
 def test_schedule_warms_up_then_decays(schedule):
     model, _ = setup()
     stage = StageConfig(lr=1.0, warmup_ratio=0.1, schedule=schedule)
-    opt = make_optimizer(model, stage)
-    sched = make_schedule(opt, stage, 100)
+    opt = make_optimizer(model, stage.lr, stage.weight_decay)
+    sched = lr_schedule(opt, 100, stage.warmup_ratio, stage.schedule)
     lrs = []
     for _ in range(100):
         lrs.append(sched.get_last_lr()[0])

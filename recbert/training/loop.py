@@ -1,0 +1,184 @@
+"""The one training loop of recbert: MLM pretraining, next-item training and fine-tuning
+of task heads all run through :func:`fit`, with the objective as a pluggable part.
+
+An objective (:class:`Objective`) yields an epoch's batches and turns one batch into a
+loss (plus named parts such as a head and an auxiliary loss); :func:`fit` owns
+everything around it: train/eval modes (frozen parts stay in eval mode), the optimiser
+and schedule steps, gradient clipping, the finite-loss check at every step, validation
+every ``eval_every`` epochs, early stopping with the best weights restored, the time
+budget, a progress bar and the per-epoch record handed to a sink (MLflow)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Protocol
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from recbert.errors import DivergenceError
+from recbert.training.losses import check_finite_loss
+from recbert.training.optim import set_train_modes
+
+log = logging.getLogger("recbert.train")
+
+
+@dataclass
+class StepLoss:
+    """One batch: the loss to minimise, its named parts (reported as per-epoch means)
+    and the number of sequences it covered (the weight of its loss in the mean)."""
+
+    total: Tensor
+    n: int
+    parts: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """What :func:`fit` trains for. ``name`` prefixes the per-epoch record keys and
+    names the stage in messages."""
+
+    name: str
+    steps_per_epoch: int
+
+    def batches(self, epoch: int) -> Iterable[Any]:
+        """The batches of epoch ``epoch`` (1-based), already on the model's device."""
+
+    def loss(self, model: nn.Module, batch: Any) -> StepLoss:
+        """The loss of one batch; the model is in training mode."""
+
+
+# validate(model) -> (selection score, metrics to record); called in eval mode without grad
+Validator = Callable[[nn.Module], tuple[float, dict[str, float]]]
+Sink = Callable[[dict[str, float], int], None]
+
+
+@dataclass
+class FitSettings:
+    epochs: int
+    patience: int = 10  # evaluations without improvement before stopping
+    eval_every: int = 1  # epochs between validations (the last epoch is always validated)
+    grad_clip: float = 1.0  # 0 = off
+    max_minutes: Optional[float] = None  # wall-time budget
+    higher_is_better: bool = True
+    evaluate_first: bool = False  # validate before training: the start is the first "best"
+    progress: bool = False  # a tqdm bar per epoch
+
+
+@dataclass
+class FitResult:
+    name: str
+    best_score: float = math.nan
+    best_epoch: int = 0  # 1-based; 0 = the starting weights (or never validated)
+    epochs_run: int = 0
+    seconds: float = 0.0
+    train_seconds: float = 0.0
+    sequences: int = 0
+    stopped: str = "completed"
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.stopped != "completed"
+
+
+def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
+        schedule: torch.optim.lr_scheduler.LRScheduler, settings: FitSettings,
+        validate: Optional[Validator] = None, sink: Optional[Sink] = None, step_offset: int = 0) -> FitResult:
+    """Train ``model`` in place; on return it holds the best validated weights (the last
+    ones without a validator). Record keys: ``{name}/loss``, ``{name}/{part}``,
+    ``{name}/lr``, ``{name}/steps``, ``{name}/epoch_seconds``,
+    ``{name}/sequences_per_second`` and the validator's metrics; the sink gets each
+    record at step ``step_offset + epoch``. A NaN/inf loss or validation score raises
+    :class:`DivergenceError` naming the stage, epoch and step."""
+    name = objective.name
+    sign = 1.0 if settings.higher_is_better else -1.0
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    result = FitResult(name)
+    best_state = None
+    waited = 0
+    started = time.perf_counter()
+
+    def run_validation(epoch: int) -> tuple[float, dict[str, float]]:
+        model.eval()
+        try:
+            with torch.no_grad():
+                score, metrics = validate(model)
+        except DivergenceError as exc:
+            when = f"before {name}" if epoch == 0 else f"{name} diverged at epoch {epoch}"
+            raise DivergenceError(f"model scores are not finite: {when} ({exc.detail})", exc.detail) from None
+        set_train_modes(model)
+        return float(score), metrics
+
+    if validate is not None and settings.evaluate_first:
+        result.best_score, _ = run_validation(0)
+        best_state = _snapshot(model)
+    for epoch in range(1, settings.epochs + 1):
+        set_train_modes(model)
+        t0 = time.perf_counter()
+        sums: dict[str, float] = {}
+        count = steps = 0
+        bar = tqdm(objective.batches(epoch), total=objective.steps_per_epoch, desc=f"{name} {epoch}/{settings.epochs}",
+                   leave=False, mininterval=1.0, disable=not settings.progress)
+        for batch in bar:
+            step = objective.loss(model, batch)
+            check_finite_loss(step.total, name, epoch, steps + 1)
+            optimizer.zero_grad(set_to_none=True)
+            step.total.backward()
+            if settings.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+            optimizer.step()
+            schedule.step()
+            steps += 1
+            count += step.n
+            for key, value in (("loss", step.total), *step.parts.items()):
+                sums[key] = sums.get(key, 0.0) + value.item() * step.n
+            if steps % 20 == 1:
+                bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", seq_s=f"{count / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        epoch_seconds = time.perf_counter() - t0
+        result.train_seconds += epoch_seconds
+        result.sequences += count
+        result.epochs_run = epoch
+        record = {f"{name}/{k}": v / max(count, 1) for k, v in sums.items()}
+        if not sums:
+            record[f"{name}/loss"] = 0.0
+        record.update({f"{name}/epoch_seconds": epoch_seconds, f"{name}/steps": float(steps),
+                       f"{name}/sequences_per_second": count / max(epoch_seconds, 1e-9),
+                       f"{name}/lr": optimizer.param_groups[-1]["lr"]})
+        improved = False
+        if validate is not None and (epoch % settings.eval_every == 0 or epoch == settings.epochs):
+            score, metrics = run_validation(epoch)
+            record.update(metrics)
+            if math.isfinite(score) and (math.isnan(result.best_score) or sign * score > sign * result.best_score):
+                result.best_score, result.best_epoch, waited, improved = score, epoch, 0, True
+                best_state = _snapshot(model)
+            else:
+                waited += 1
+            log.info("%s epoch %d: loss %.4f, val %.4f (best %.4f @ %d), %.1fs", name, epoch,
+                     record[f"{name}/loss"], score, result.best_score, result.best_epoch, epoch_seconds)
+        else:
+            log.info("%s epoch %d: loss %.4f, %.1fs", name, epoch, record[f"{name}/loss"], epoch_seconds)
+        result.history.append(record)
+        if sink is not None:
+            sink(record, step_offset + epoch)
+        if not improved and waited >= settings.patience:
+            result.stopped = f"early stop: no improvement in {settings.patience} evaluations"
+            break
+        if settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes:
+            result.stopped = f"time budget of {settings.max_minutes} min reached"
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - started
+    log.info("%s: %s after %d epochs; best val %.4f at epoch %d (%.0fs)", name, result.stopped,
+             result.epochs_run, result.best_score, result.best_epoch, result.seconds)
+    return result
+
+
+def _snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
