@@ -23,7 +23,7 @@ from typing import Any, Literal, Optional, Sequence
 from recbert.errors import ConfigError
 from recbert.model.blocks import REUSE_BLOCKS
 from recbert.model.fusion import FUSIONS, POOL_KINDS
-from recbert.training.losses import LOSSES
+from recbert.training.losses import LOSSES, SAMPLERS
 
 # Choices come from the registries of the modules that build them: a new fusion, reuse
 # block or loss is added there and appears here (validation, CLI, ablation grids).
@@ -32,6 +32,7 @@ Attention = Literal["bidirectional", "causal"]
 FusionKind = Literal[tuple(FUSIONS)]
 ReuseBlock = Literal[tuple(REUSE_BLOCKS)]
 ItemLoss = Literal[tuple(LOSSES)]
+Sampler = Literal[SAMPLERS]
 Schedule = Literal["linear", "cosine", "constant"]
 
 
@@ -117,6 +118,13 @@ class StageConfig:
 
     objective: Objective = "mlm"
     loss: ItemLoss = "full_softmax"  # the catalogue loss at target positions (training.losses.LOSSES)
+    # sampled_softmax / gbce: negatives drawn per batch and shared by its positions (memory
+    # O(positions x negatives)); negatives = the catalogue size makes every item a candidate
+    negatives: int = 256
+    negative_sampler: Sampler = "uniform"  # proposal of the negatives: uniform or by popularity
+    in_batch_negatives: bool = True  # sampled_softmax: the batch's targets are candidates too
+    logq_correction: bool = True  # sampled_softmax: subtract log(expected count) from every logit
+    gbce_t: float = 0.75  # gbce calibration t in [0, 1] (0: plain BCE over the sampled negatives)
     epochs: int = 0
     batch_size: int = 256
     lr: float = 1e-3
@@ -134,6 +142,11 @@ class StageConfig:
         if self.epochs < 0 or self.batch_size < 1 or self.eval_every < 1 or self.patience < 1:
             raise ConfigError("stage epochs must be >= 0 and batch_size, eval_every, patience >= 1")
         _check_choice("stage loss", self.loss, LOSSES)
+        _check_choice("stage negative_sampler", self.negative_sampler, SAMPLERS)
+        if self.negatives < 1:
+            raise ConfigError(f"stage negatives must be >= 1, got {self.negatives}")
+        if not 0.0 <= self.gbce_t <= 1.0:
+            raise ConfigError(f"stage gbce_t must be in [0, 1], got {self.gbce_t}")
         if self.lr <= 0:
             raise ConfigError(f"stage lr must be > 0, got {self.lr}")
         if not 0.0 < self.mask_prob < 1.0:

@@ -1,21 +1,56 @@
 """Item losses: computed only at positions that carry a target.
 
-A loss takes the encoder's hidden vectors at target positions ``[N, H]``, the
-target tokens ``[N]`` and the model's item scorer, and returns a scalar.
+A loss takes the encoder's hidden vectors at target positions ``[N, H]``, the target
+tokens ``[N]`` and the model's item scorer, and returns a scalar. ``LOSSES`` is the
+registry (the config's ``train.loss`` choices): each entry builds the loss from a
+:class:`LossContext` (the stage's settings and the training items' counts).
+
+* ``full_softmax``: cross-entropy over the whole catalogue; memory O(N x items).
+* ``sampled_softmax``: cross-entropy over the target and a shared set of candidates: M
+  negatives drawn per batch from a proposal (``uniform`` or ``popularity``) plus, with
+  ``in_batch_negatives``, the batch's own targets; accidental hits (a candidate equal to
+  the row's target) are masked, and with ``logq_correction`` each candidate's logit is
+  lowered by the log of its expected count among the candidates (Bengio & Senecal 2008;
+  Yi et al., RecSys 2019): the candidates' exp-logits then estimate the rest of the
+  catalogue's share of the softmax denominator without bias (importance sampling), so
+  the loss approaches the full softmax as M grows; the target keeps its own logit, as it
+  counts once in the full softmax. Memory O(N x M). With ``negatives`` equal to the catalogue
+  size every item is a candidate exactly once and the loss is the full softmax.
+* ``gbce``: generalised binary cross-entropy (gSASRec, Petrov & Macdonald, RecSys 2023):
+  ``-beta log sigmoid(s+) - sum_j log sigmoid(-s_j)`` over M shared uniform or popularity
+  negatives, per target (averaged over the targets), with ``beta = alpha (t (1 - 1/alpha) + 1/alpha)``
+  and ``alpha = M / (items - 1)``; ``t = gbce_t`` in [0, 1] calibrates the overconfidence
+  that negative sampling causes (t = 0: plain BCE).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recbert.data.vocab import N_SPECIAL
-from recbert.errors import DivergenceError
+from recbert.errors import ConfigError, DivergenceError
 
 ItemLoss = Callable[[Tensor, Tensor, nn.Module], Tensor]
+SAMPLERS = ("uniform", "popularity")  # proposals of the sampled negatives
+
+
+@dataclass
+class LossContext:
+    """What a loss is built from: the stage settings (a ``recbert.config.StageConfig``; not
+    imported here, since config reads this module's registries), the catalogue size, the
+    training targets' item counts (popularity, ``[n_items]``) and a generator for sampling."""
+
+    stage: Any
+    n_items: int
+    item_counts: Optional[np.ndarray] = None
+    generator: Optional[torch.Generator] = None
+    section: str = "train"  # the stage's config section, for messages
 
 
 def full_softmax_loss(hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
@@ -23,7 +58,109 @@ def full_softmax_loss(hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Ten
     return F.cross_entropy(scorer(hidden), targets - N_SPECIAL)
 
 
-LOSSES: dict[str, ItemLoss] = {"full_softmax": full_softmax_loss}
+class NegativeSampler:
+    """M item indices per call from the proposal, plus each item's probability under it."""
+
+    def __init__(self, ctx: LossContext):
+        stage = ctx.stage
+        if not 1 <= stage.negatives <= ctx.n_items:
+            raise ConfigError(f"{ctx.section}.negatives={stage.negatives} must be between 1 and the catalogue "
+                              f"size ({ctx.n_items} items)")
+        self.m, self.n_items = stage.negatives, ctx.n_items
+        self.generator = ctx.generator
+        if stage.negative_sampler == "popularity":
+            counts = np.asarray(ctx.item_counts if ctx.item_counts is not None else np.ones(ctx.n_items), np.float64)
+            probs = (counts + 1.0) / (counts + 1.0).sum()  # +1: items unseen in training stay reachable
+        else:
+            probs = np.full(ctx.n_items, 1.0 / ctx.n_items)
+        self.probs = torch.from_numpy(probs)
+        self.uniform = stage.negative_sampler == "uniform"
+
+    @property
+    def exhaustive(self) -> bool:
+        """Every item is a candidate exactly once (M = catalogue size)."""
+        return self.m == self.n_items
+
+    def sample(self) -> Tensor:
+        if self.exhaustive:
+            return torch.arange(self.n_items)
+        if self.uniform:
+            return torch.randint(0, self.n_items, (self.m,), generator=self.generator)
+        return torch.multinomial(self.probs, self.m, replacement=True, generator=self.generator)
+
+    def expected_counts(self, items: Tensor) -> Tensor:
+        """Expected number of times each of ``items`` is among the M draws."""
+        if self.exhaustive:
+            return torch.ones(len(items), dtype=torch.float64)
+        return self.m * self.probs[items]
+
+
+def _candidate_logits(hidden: Tensor, targets: Tensor, scorer: nn.Module, candidates: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    """``(target logits [N], candidate logits [N, C])`` with the scorer's formula
+    ``T(h) . E[i] + b[i]``, never scoring the whole catalogue."""
+    query = scorer.query(hidden)
+    vectors, bias = scorer.item_vectors(), scorer.bias
+    target_logits = (query * vectors[targets]).sum(-1) + bias[targets]
+    return target_logits, torch.addmm(bias[candidates], query, vectors[candidates].T)
+
+
+class SampledSoftmaxLoss:
+    """See the module docstring; one candidate set per call (per batch)."""
+
+    def __init__(self, ctx: LossContext):
+        self.sampler = NegativeSampler(ctx)
+        self.in_batch = ctx.stage.in_batch_negatives
+        self.logq = ctx.stage.logq_correction
+        counts = ctx.item_counts if ctx.item_counts is not None else np.ones(ctx.n_items)
+        self.popularity = torch.from_numpy(np.asarray(counts, np.float64) / max(float(np.sum(counts)), 1.0))
+
+    def __call__(self, hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+        t = targets - N_SPECIAL
+        sampled = self.sampler.sample().to(t.device)
+        candidates = torch.cat([sampled, t]) if self.in_batch else sampled
+        target_logits, logits = _candidate_logits(hidden, t, scorer, candidates)
+        if self.logq:
+            # expected count of item j among the candidates: M q(j) from the proposal, plus
+            # N p(j) from the batch's targets (p = training popularity) when they are in
+            expected = self.sampler.expected_counts(candidates.cpu())
+            if self.in_batch:
+                expected = expected + len(t) * self.popularity[candidates.cpu()]
+            logits = logits - torch.log(expected.clamp(min=1e-30)).to(logits)[None, :]
+        logits = logits.masked_fill(candidates[None, :] == t[:, None], float("-inf"))  # accidental hits
+        all_logits = torch.cat([target_logits[:, None], logits], dim=1)
+        return F.cross_entropy(all_logits, torch.zeros(len(t), dtype=torch.long, device=t.device))
+
+
+class GBCELoss:
+    """See the module docstring; M shared negatives per call (per batch)."""
+
+    def __init__(self, ctx: LossContext):
+        self.sampler = NegativeSampler(ctx)
+        t = ctx.stage.gbce_t
+        alpha = self.sampler.m / max(ctx.n_items - 1, 1)
+        self.beta = alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+    def __call__(self, hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+        t = targets - N_SPECIAL
+        negatives = self.sampler.sample().to(t.device)
+        pos, neg = _candidate_logits(hidden, t, scorer, negatives)
+        hit = negatives[None, :] == t[:, None]  # a sampled negative that is the row's target
+        neg_terms = (-F.logsigmoid(-neg)).masked_fill(hit, 0.0).sum(1)
+        return (-self.beta * F.logsigmoid(pos) + neg_terms).mean()
+
+
+# loss name -> builder(LossContext) -> (hidden, targets, scorer) -> scalar
+LOSSES: dict[str, Callable[[LossContext], ItemLoss]] = {
+    "full_softmax": lambda ctx: full_softmax_loss,
+    "sampled_softmax": SampledSoftmaxLoss,
+    "gbce": GBCELoss,
+}
+
+
+def build_loss(ctx: LossContext) -> ItemLoss:
+    """The loss ``ctx.stage.loss`` of :data:`LOSSES`."""
+    return LOSSES[ctx.stage.loss](ctx)
 
 
 def gather_targets(hidden_states: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -19,9 +19,10 @@ import torch
 from recbert.config import StageConfig
 from recbert.data.batches import left_pad, length_grouped_order, mask_tokens, next_item_pairs, training_windows
 from recbert.data.sequences import Sequences
+from recbert.data.vocab import N_SPECIAL
 from recbert.model.recommender import SequenceRecommender
 from recbert.training.loop import StepLoss
-from recbert.training.losses import LOSSES, gather_targets
+from recbert.training.losses import LossContext, build_loss, gather_targets
 
 
 class WindowObjective:
@@ -43,7 +44,10 @@ class WindowObjective:
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
-        self.loss_fn = LOSSES[stage.loss]
+        n_items = n_tokens - N_SPECIAL
+        counts = np.bincount(np.clip(train.items - N_SPECIAL, 0, None)[train.items >= N_SPECIAL], minlength=n_items)
+        # its own generator: sampling negatives leaves the masking and batch order as they are
+        self.loss_fn = build_loss(LossContext(stage, n_items, counts, torch.Generator().manual_seed(seed + 1), name))
 
     def __len__(self) -> int:
         return len(self.windows)

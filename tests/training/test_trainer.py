@@ -120,3 +120,14 @@ def test_non_finite_validation_scores_stop_training_with_the_epoch(monkeypatch):
     stage = StageConfig(objective="next_item", epochs=6, batch_size=64, eval_every=2, patience=10)
     with pytest.raises(DivergenceError, match=r"model scores are not finite: train diverged at epoch 4 \(3 NaN"):
         train_stage(model, splits, stage, EVAL, seed=0)
+
+
+@pytest.mark.parametrize("loss,epochs", [("sampled_softmax", 12), ("gbce", 30)])  # BCE learns slower
+def test_sampled_losses_learn_the_pattern_too(loss, epochs):
+    model, splits = setup()
+    stage = StageConfig(objective="next_item", loss=loss, negatives=16, epochs=epochs, lr=3e-3, batch_size=64,
+                        patience=50, warmup_ratio=0.0)
+    train_stage(model, splits, stage, EVAL, seed=0)
+    from recbert.evaluation.ranking import evaluate_ranking
+
+    assert evaluate_ranking(model, splits.test, EVAL)["all/hr@10"] > 0.8
