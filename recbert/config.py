@@ -167,6 +167,10 @@ class EvalConfig:
     select_metric: str = "ndcg@10"
     sampled_negatives: int = 100  # sampled protocol (0 = off)
     batch_size: int = 1024
+    # Items scored at a time: a batch holds batch_size x item_chunk float32 scores, never
+    # batch_size x n_items. None: the most items that keep those scores within 256 MiB
+    # (65,536 at batch_size 1024: one chunk for catalogues up to that size).
+    item_chunk: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):
@@ -176,6 +180,8 @@ class EvalConfig:
             raise ConfigError(
                 f"eval.select_metric {self.select_metric!r} must be 'mrr' or 'ndcg@k'/'hr@k' with k in eval.ks {self.ks}"
             )
+        if self.item_chunk is not None and self.item_chunk < 1:
+            raise ConfigError(f"eval.item_chunk must be >= 1 items (or unset for automatic), got {self.item_chunk}")
 
 
 @dataclass(frozen=True)

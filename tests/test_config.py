@@ -257,3 +257,10 @@ def test_bad_files_give_config_error_naming_the_file(tmp_path):
     other.write_text("a: 1\n")
     with pytest.raises(ConfigError, match=r"\.toml or \.json"):
         RunConfig.load(other)
+
+
+def test_eval_item_chunk_is_automatic_by_default_and_must_be_positive():
+    assert RunConfig().eval.item_chunk is None
+    assert RunConfig.load(overrides=["eval.item_chunk=4096"]).eval.item_chunk == 4096
+    with pytest.raises(ConfigError, match=r"eval.item_chunk must be >= 1"):
+        RunConfig.load(overrides=["eval.item_chunk=0"])

@@ -8,6 +8,7 @@ a batch is trimmed to its longest row by dropping leading columns.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,6 +57,13 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Ge
     batches = [order[b * batch_size:(b + 1) * batch_size] for b in rng.permutation(n_full)]
     batches.append(order[n_full * batch_size:])  # slicing every batch_size rows keeps batches whole
     return np.concatenate(batches)
+
+
+def concat_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``(tokens, lengths)``: the int64 rows laid end to end, and each row's length."""
+    lengths = np.array([len(r) for r in rows], dtype=np.int64)
+    tokens = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if len(rows) else np.zeros(0, np.int64)
+    return tokens, lengths
 
 
 def left_pad(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:

@@ -16,6 +16,15 @@ expected 0-based position under a random tie-break. A model whose scores
 collapse to a constant therefore ranks every target at ``(n - 1) / 2``, a miss,
 never a hit. Scores that are NaN or infinite are an error
 (:class:`~recbert.errors.DivergenceError`), never a result.
+
+Memory is bounded: an :class:`~recbert.model.recommender.ItemScorer` scores the
+catalogue ``eval.item_chunk`` items at a time (:func:`chunked_target_ranks`), so one
+batch holds ``batch_size x item_chunk`` scores (by default at most 256 MiB of float32,
+which is a single chunk up to 65,536 items at batch size 1024) instead of
+``batch_size x n_items``; the histories are ``(user, item)`` pairs, masked a chunk at
+a time. Peak memory therefore stays flat as the catalogue grows; time grows linearly.
+:func:`target_ranks` ranks a whole score matrix at once: the reference, and the path
+of a scorer that only maps hidden states to ``[B, n_items]`` scores.
 """
 
 from __future__ import annotations
@@ -29,21 +38,16 @@ from recbert.data.sequences import EvalSet
 from recbert.data.vocab import N_SPECIAL
 from recbert.evaluation.metrics import ranking_metrics
 from recbert.finite import require_finite
+from recbert.model.catalogue import ItemSets, item_chunk_size, item_chunks
+from recbert.model.recommender import ItemScorer
 
 PROTOCOLS = ("all", "unseen", "sampled")
 
 
 def history_mask(inputs, rows: np.ndarray, n_items: int) -> torch.Tensor:
     """``[len(rows), n_items]`` bool: True where the item is in that user's history."""
-    starts, ends = inputs.offsets[rows], inputs.offsets[rows + 1]
-    lengths = ends - starts
-    pos = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
-    items = inputs.items[pos] - N_SPECIAL
-    row_ids = np.repeat(np.arange(len(rows)), lengths)
-    keep = items >= 0  # UNK history items are not items of the catalogue
-    mask = torch.zeros(len(rows), n_items, dtype=torch.bool)
-    mask[torch.from_numpy(row_ids[keep]), torch.from_numpy(items[keep])] = True
-    return mask
+    histories = inputs.select(rows)
+    return ItemSets.from_tokens(histories.items, histories.lengths, n_items).mask()
 
 
 def tie_aware_ranks(scores: torch.Tensor, target_score: torch.Tensor,
@@ -66,35 +70,90 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor
     scores raise :class:`DivergenceError`."""
     require_finite(scores)
     n_items = scores.shape[1]
-    known = targets >= 0
     safe = targets.clamp(min=0)[:, None]
     target_score = scores.gather(1, safe)
     # the target is tied with itself: take that one tie back out (half a rank)
-    ranks = {"all": tie_aware_ranks(scores, target_score) - 0.5}
-    in_history = seen.gather(1, safe)[:, 0]
-    unseen = tie_aware_ranks(scores, target_score, ~seen) - 0.5
-    ranks["unseen"] = torch.where(in_history, float(n_items), unseen)
+    ranks = {"all": tie_aware_ranks(scores, target_score) - 0.5,
+             "unseen": tie_aware_ranks(scores, target_score, ~seen) - 0.5}
     if n_negatives:
         forbidden = seen.clone()
         forbidden.scatter_(1, safe, True)
         negatives, valid = sample_negatives(forbidden, min(n_negatives, n_items - 1), generator)
         ranks["sampled"] = tie_aware_ranks(scores.gather(1, negatives), target_score, valid)
-    for name in ranks:
-        ranks[name] = torch.where(known, ranks[name], float(n_items))
+    return _with_misses(ranks, targets, seen.gather(1, safe)[:, 0], n_items)
+
+
+def chunked_target_ranks(scorer: ItemScorer, query: torch.Tensor, targets: torch.Tensor, seen: ItemSets,
+                         chunk: int, n_negatives: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """:func:`target_ranks` for query vectors ``[B, H]`` without their ``[B, n_items]``
+    score matrix: the catalogue is scored ``chunk`` items at a time, and each user's
+    items above and tied with the target are counted chunk by chunk, ``seen`` masked a
+    chunk at a time; at most ``B x chunk`` scores are held at once. Users go in groups
+    whose targets lie in the same chunk, which is scored first: it gives their target
+    scores, so each target is compared with numbers of its own matmul, exactly as in
+    one score matrix. ``sampled`` scores only each target and its negatives, in one
+    :meth:`ItemScorer.score_each` call; the negatives are those :func:`target_ranks`
+    draws from the same generator."""
+    n_items = seen.n_items
+    safe = targets.clamp(min=0)
+    chunks = item_chunks(n_items, chunk)
+    home = safe // chunk  # the chunk that holds each target
+    ranks = {name: torch.empty(len(targets), dtype=torch.float64) for name in ("all", "unseen")}
+    for h in torch.unique(home).tolist():
+        rows = (home == h).nonzero(as_tuple=True)[0]
+        group = _group_ranks(scorer, query[rows.to(query.device)], safe[rows], seen.take(rows), chunks, h)
+        for name in ranks:
+            ranks[name][rows] = group[name]
+    if n_negatives:
+        negatives, valid = sample_outside(seen.with_items(safe), min(n_negatives, n_items - 1), generator)
+        candidates = torch.cat([safe[:, None], negatives], dim=1).to(query.device)
+        scores = scorer.score_each(query, candidates).float().cpu()
+        ranks["sampled"] = tie_aware_ranks(scores[:, 1:], scores[:, :1], valid)
+    return _with_misses(ranks, targets, seen.contains(safe[:, None])[:, 0], n_items)
+
+
+def _group_ranks(scorer: ItemScorer, query: torch.Tensor, targets: torch.Tensor, seen: ItemSets,
+                 chunks: list[slice], home: int) -> dict[str, torch.Tensor]:
+    """``all`` and ``unseen`` ranks (before misses) of users whose targets all lie in
+    ``chunks[home]``: that chunk first, for the target scores, then every other one."""
+    first = scorer.checked_scores(query, chunks[home])
+    target_score = first.gather(1, targets[:, None] - chunks[home].start)
+    ranks = {"all": torch.full((len(targets),), -0.5, dtype=torch.float64)}  # the target's tie with itself
+    ranks["unseen"] = ranks["all"].clone()
+    for i, items in enumerate(chunks):
+        scores = first if i == home else scorer.checked_scores(query, items)
+        ranks["all"] += tie_aware_ranks(scores, target_score)
+        ranks["unseen"] += tie_aware_ranks(scores, target_score, ~seen.mask(items))
     return ranks
+
+
+def _with_misses(ranks: dict[str, torch.Tensor], targets: torch.Tensor, in_history: torch.Tensor,
+                n_items: int) -> dict[str, torch.Tensor]:
+    """``ranks`` with the misses (rank ``n_items``): unknown targets (-1) under every
+    protocol, and under ``unseen`` targets in the history (``in_history`` ``[B]``)."""
+    ranks = {**ranks, "unseen": torch.where(in_history, float(n_items), ranks["unseen"])}
+    return {name: torch.where(targets >= 0, r, float(n_items)) for name, r in ranks.items()}
 
 
 def sample_negatives(forbidden: torch.Tensor, n: int, generator: torch.Generator
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` distinct items per row drawn uniformly from the non-forbidden ones.
+    """``n`` distinct items per row drawn uniformly from the non-forbidden ones
+    (``forbidden``: ``[B, n_items]`` bool); see :func:`sample_outside`."""
+    return sample_outside(ItemSets.from_mask(forbidden), n, generator)
+
+
+def sample_outside(forbidden: ItemSets, n: int, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` distinct items per row drawn uniformly from the items outside that row's set.
 
     Returns ``(items [B, n], valid [B, n])``; ``valid`` is False only in rows that
     have fewer than ``n`` allowed items. Oversamples and de-duplicates; rows that
-    still lack ``n`` candidates are redrawn exactly by random keys."""
-    b, n_items = forbidden.shape
+    still lack ``n`` candidates are redrawn exactly by random keys over the whole
+    catalogue (only those rows are ever held at catalogue width)."""
+    b, n_items = forbidden.n_rows, forbidden.n_items
     m = min(n_items, 2 * n + 64)
     cand = torch.randint(0, n_items, (b, m), generator=generator)
-    ok = ~forbidden.gather(1, cand)
+    ok = ~forbidden.contains(cand)
     sorted_cand, perm = cand.sort(dim=1, stable=True)  # keep the first draw of a duplicate
     dup_sorted = torch.zeros_like(ok)
     dup_sorted[:, 1:] = sorted_cand[:, 1:] == sorted_cand[:, :-1]
@@ -108,7 +167,7 @@ def sample_negatives(forbidden: torch.Tensor, n: int, generator: torch.Generator
     valid[r, rank[r, c]] = True
     short = (~valid.all(1)).nonzero(as_tuple=True)[0]
     if len(short):  # exact fallback: random keys over the whole catalogue
-        keys = torch.rand(len(short), n_items, generator=generator).masked_fill(forbidden[short], 2.0)
+        keys = torch.rand(len(short), n_items, generator=generator).masked_fill(forbidden.take(short).mask(), 2.0)
         idx = torch.topk(keys, n, dim=1, largest=False).indices
         items[short], valid[short] = idx, keys.gather(1, idx) < 2.0
     return items, valid
@@ -117,8 +176,9 @@ def sample_negatives(forbidden: torch.Tensor, n: int, generator: torch.Generator
 @torch.no_grad()
 def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0,
                      device: torch.device | str = "cpu") -> dict[str, float]:
-    """Metrics ``{protocol}/{metric}`` plus ``n_users``; see the module docstring.
-    Raises :class:`~recbert.errors.DivergenceError` on non-finite model scores."""
+    """Metrics ``{protocol}/{metric}`` plus ``n_users``; see the module docstring (memory:
+    ``batch_size x item_chunk`` scores at a time). Raises
+    :class:`~recbert.errors.DivergenceError` on non-finite model scores."""
     was_training = model.training
     model.eval()
     generator = torch.Generator().manual_seed(seed)
@@ -131,10 +191,10 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
         rows = by_length[lo:lo + config.batch_size]
         histories = inputs.slice(inputs.offsets[rows], inputs.offsets[rows + 1], inputs.user_ids[rows])
         x = torch.from_numpy(pad_sequences(histories, model.config.max_len, append_mask=not model.causal)).to(device)
-        scores = model.scorer(model(x).sequence_output[:, -1]).float().cpu()
+        hidden = model(x).sequence_output[:, -1]
         targets = torch.from_numpy(eval_set.targets[rows] - N_SPECIAL)
-        seen = history_mask(inputs, rows, n_items)
-        for name, r in target_ranks(scores, targets, seen, config.sampled_negatives, generator).items():
+        seen = ItemSets.from_tokens(histories.items, histories.lengths, n_items)
+        for name, r in _batch_ranks(model.scorer, hidden, targets, seen, config, generator).items():
             collected.setdefault(name, []).append(r)
     if was_training:
         model.train()
@@ -144,6 +204,19 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
         for metric, value in ranking_metrics(ranks, config.ks).items():
             out[f"{name}/{metric}"] = value
     return out
+
+
+def _batch_ranks(scorer, hidden: torch.Tensor, targets: torch.Tensor, seen: ItemSets, config: EvalConfig,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """One batch's ranks per protocol. An :class:`ItemScorer` scores the catalogue in
+    chunks of ``config.item_chunk`` items (None: as many as keep ``config.batch_size``
+    users' float32 scores within 256 MiB); any other scorer, a module mapping hidden
+    states to ``[B, n_items]`` scores, is scored whole and ranked by :func:`target_ranks`."""
+    if isinstance(scorer, ItemScorer):
+        chunk = item_chunk_size(config.batch_size, config.item_chunk)
+        return chunked_target_ranks(scorer, scorer.query(hidden), targets, seen, chunk,
+                                    config.sampled_negatives, generator)
+    return target_ranks(scorer(hidden).float().cpu(), targets, seen.mask(), config.sampled_negatives, generator)
 
 
 def selection_protocol(config: EvalConfig) -> str:

@@ -19,12 +19,13 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from recbert.config import ModelConfig, build_section
-from recbert.data.batches import left_pad
+from recbert.data.batches import concat_rows, left_pad
 from recbert.data.vocab import MASK, N_SPECIAL, ItemVocab
 from recbert.errors import CheckpointError, ConfigError, RecbertError
 from recbert.finite import require_finite
 from recbert.io import atomic_dir
 from recbert.model.blocks import build_reuse_block
+from recbert.model.catalogue import ItemSets, item_chunk_size, item_chunks, merge_top_k
 from recbert.model.embeddings import SequenceEmbeddings
 from recbert.model.encoder import Encoder, EncoderOutput
 from recbert.model.fusion import build_fusion
@@ -47,7 +48,9 @@ def backbone_part(name: str) -> Optional[str]:
 
 class ItemScorer(nn.Module):
     """Scores hidden vectors against every real item: ``T(h) @ E[items].T + b``,
-    with ``E`` the (tied) input item table and ``T`` an optional dense+GELU+LN."""
+    with ``E`` the (tied) input item table and ``T`` an optional dense+GELU+LN.
+    :meth:`score` and :meth:`top_k` take the catalogue a chunk of items at a time
+    (``recbert.model.catalogue``), so memory is bounded for any catalogue size."""
 
     def __init__(self, config: ModelConfig, item_table: nn.Embedding):
         super().__init__()
@@ -66,8 +69,39 @@ class ItemScorer(nn.Module):
         """``[n_items, H]``: row ``i`` is the item with token ``i + N_SPECIAL``."""
         return self.item_table.weight[N_SPECIAL:]
 
+    def score(self, query: Tensor, items: slice = slice(None)) -> Tensor:
+        """``[B, len(items)]``: the scores of a slice of the catalogue (all of it by
+        default) for query vectors ``[B, H]``, in one matmul."""
+        return torch.addmm(self.bias[items], query, self.item_vectors()[items].T)
+
+    def score_each(self, query: Tensor, items: Tensor) -> Tensor:
+        """``[B, m]``: each query row's own items ``items`` ``[B, m]`` (item indices),
+        scored by the same formula as :meth:`score`."""
+        return (self.item_vectors()[items] * query[:, None, :]).sum(-1) + self.bias[items]
+
+    def checked_scores(self, query: Tensor, items: slice) -> Tensor:
+        """:meth:`score` as float32 on the CPU; NaN or infinite scores raise
+        :class:`~recbert.errors.DivergenceError`."""
+        scores = self.score(query, items).float().cpu()
+        require_finite(scores)
+        return scores
+
+    def top_k(self, query: Tensor, k: int, chunk: int, exclude: Optional[ItemSets] = None
+              ) -> tuple[Tensor, Tensor]:
+        """``(scores, items)``, ``[B, min(k, n_items)]`` float32 and int64 on the CPU: each
+        query's best items, best first, tied scores in item (vocabulary) order; items in
+        ``exclude`` score -inf. Scored ``chunk`` items at a time, keeping only the ``k``
+        best between chunks: memory is ``B x (chunk + k)``."""
+        best = (torch.empty(len(query), 0), torch.empty(len(query), 0, dtype=torch.long))
+        for items in item_chunks(len(self.bias), chunk):
+            scores = self.checked_scores(query, items)
+            if exclude is not None:
+                scores.masked_fill_(exclude.mask(items), float("-inf"))
+            best = merge_top_k(best, scores, items.start, k)
+        return best
+
     def forward(self, hidden: Tensor) -> Tensor:
-        return torch.addmm(self.bias, self.query(hidden), self.item_vectors().T)
+        return self.score(self.query(hidden))
 
 
 class SequenceRecommender(nn.Module):
@@ -131,8 +165,7 @@ class SequenceRecommender(nn.Module):
         if isinstance(histories, np.ndarray) and histories.ndim == 2:
             rows = histories
         else:
-            lens = np.array([len(h) for h in histories], dtype=np.int64)
-            flat = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(lens) else np.zeros(0, np.int64)
+            flat, lens = concat_rows(histories)
             ends = np.cumsum(lens)
             width = self.config.max_len - (0 if self.causal else 1)
             rows = left_pad(flat, ends - lens, ends, width)
@@ -148,29 +181,27 @@ class SequenceRecommender(nn.Module):
         return self.scorer.item_vectors()
 
     @torch.no_grad()
-    def recommend(self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
+                  chunk: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` original item ids and scores for ad-hoc histories of ORIGINAL
         item ids (oldest first). Unknown ids become [UNK]; never a crash. When
         the history leaves fewer than ``k`` items, the last slots hold id None
         and score -inf. Tied scores come in vocabulary order; NaN or infinite scores raise
-        :class:`~recbert.errors.DivergenceError`."""
+        :class:`~recbert.errors.DivergenceError`. The catalogue is scored ``chunk`` items
+        at a time (None: :func:`~recbert.model.catalogue.item_chunk_size`), so memory
+        grows with ``len(histories) x chunk``, not with the catalogue."""
         if self.vocab is None:
             raise CheckpointError("this model has no vocabulary attached; load it with from_pretrained")
         if not 1 <= k <= self.vocab.n_items:
             raise RecbertError(f"k={k} must be between 1 and the number of items ({self.vocab.n_items})")
+        if chunk is not None and chunk < 1:
+            raise RecbertError(f"chunk={chunk} must be >= 1 items (or None: automatic)")
         tokens = [self.vocab.encode(np.asarray(h, dtype=object if self.vocab.is_string else None)) for h in histories]
         self.eval()
-        rows = self.inference_rows(tokens).to(self.bias_device)
-        scores = self.scorer(self(rows).sequence_output[:, -1]).float().cpu()
-        require_finite(scores)
-        if exclude_seen:
-            for i, t in enumerate(tokens):
-                seen = t[t >= N_SPECIAL] - N_SPECIAL
-                scores[i, torch.from_numpy(seen)] = float("-inf")
-        # a stable sort: tied items come in vocabulary order, the same on every call
-        values, order = torch.sort(scores, dim=1, descending=True, stable=True)
-        values, order = values[:, :k].numpy(), order[:, :k].numpy()
+        query = self.user_vectors(self.inference_rows(tokens).to(self.bias_device))
+        seen = ItemSets.from_tokens(*concat_rows(tokens), self.vocab.n_items) if exclude_seen else None
+        values, order = self.scorer.top_k(query, k, item_chunk_size(len(tokens), chunk), seen)
+        values, order = values.numpy(), order.numpy()
         ids = self.vocab.decode(order + N_SPECIAL).astype(object)
         ids[~np.isfinite(values)] = None  # fewer than k unseen items left
         return ids, values

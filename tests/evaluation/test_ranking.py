@@ -3,6 +3,7 @@ and evaluate_ranking against a brute-force numpy computation."""
 
 from __future__ import annotations
 
+import copy
 import types
 
 import numpy as np
@@ -15,6 +16,7 @@ from recbert.data.sequences import EvalSet, Sequences
 from recbert.data.vocab import MASK, N_SPECIAL, PAD, UNK
 from recbert.evaluation.metrics import ranking_metrics
 from recbert.evaluation.ranking import (
+    chunked_target_ranks,
     evaluate_ranking,
     history_mask,
     sample_negatives,
@@ -23,7 +25,8 @@ from recbert.evaluation.ranking import (
 )
 from recbert.errors import DivergenceError
 from recbert.finite import require_finite
-from recbert.model.recommender import SequenceRecommender
+from recbert.model.catalogue import ItemSets
+from recbert.model.recommender import ItemScorer, SequenceRecommender
 
 
 def gen(seed=0):
@@ -362,3 +365,142 @@ def test_evaluate_ranking_of_collapsed_and_diverged_models():
 def test_selection_protocol():
     assert selection_protocol(EvalConfig(exclude_seen=True)) == "unseen"
     assert selection_protocol(EvalConfig()) == "all"
+
+
+# -- chunked over the catalogue ---------------------------------------------------------------
+CHUNKS = [1, 7, 12, 1000]  # one item, a size that divides neither catalogue, one chunk, more than the catalogue
+
+
+class ChunkedBagOfTokensModel(BagOfTokensModel):
+    """The bag-of-tokens fake with a real :class:`ItemScorer` whose item vectors are the
+    columns of its integer matrix: the same exact integer scores, scored in chunks."""
+
+    def __init__(self, n_items: int, max_len: int, causal: bool, seed: int = 0):
+        super().__init__(n_items, max_len, causal, seed)
+        n_tokens = self.config.n_tokens
+        self.scorer = ItemScorer(ModelConfig(hidden=n_tokens, heads=1, n_tokens=n_tokens, output_transform=False),
+                                 nn.Embedding(n_tokens, n_tokens))
+        with torch.no_grad():
+            self.scorer.item_table.weight[N_SPECIAL:] = self.weights.T
+
+
+class WholeCatalogue(nn.Module):
+    """A model's scorer as a plain ``hidden -> [B, n_items]`` module: evaluate_ranking then
+    ranks each batch's whole score matrix with target_ranks (the unchunked reference)."""
+
+    def __init__(self, scorer: nn.Module):
+        super().__init__()
+        self.inner = scorer
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.inner(hidden)
+
+
+def unchunked(model: nn.Module) -> nn.Module:
+    reference = copy.deepcopy(model)
+    reference.scorer = WholeCatalogue(reference.scorer)
+    return reference
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_chunked_evaluation_matches_brute_force_with_ties(causal, chunk):
+    n_items = 30
+    model = ChunkedBagOfTokensModel(n_items, 6, causal)
+    eval_set, histories = make_eval_set(n_items=n_items)
+    config = EvalConfig(ks=[1, 3, 10], sampled_negatives=1000, batch_size=4, item_chunk=chunk)
+    out = evaluate_ranking(model, eval_set, config)
+    expected = brute_ranks(model, histories, eval_set.targets.tolist(), n_items)
+    assert (expected["all"] % 1 == 0.5).any()  # integer scores: ties are exercised
+    for protocol, ranks in expected.items():
+        for metric, value in ranking_metrics(ranks, config.ks).items():
+            assert out[f"{protocol}/{metric}"] == pytest.approx(value, abs=1e-12), (protocol, metric)
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_chunked_evaluation_equals_the_whole_matrix_with_sampled_negatives(chunk):
+    """The seeded draw of negatives is the same as the unchunked one, so are the figures."""
+    model = ChunkedBagOfTokensModel(30, 6, causal=False)
+    eval_set, _ = make_eval_set(n_items=30, seed=1)
+    config = EvalConfig(ks=[1, 5, 10], sampled_negatives=5, batch_size=8, item_chunk=chunk)
+    assert evaluate_ranking(model, eval_set, config, seed=3) == evaluate_ranking(unchunked(model), eval_set, config,
+                                                                                 seed=3)
+
+
+def tied_real_model(n_items: int) -> SequenceRecommender:
+    """A real model; every other item has a zero vector and a bias of 0, 1 or 2, so those
+    items score exactly their bias: exact ties among them whatever the matmul."""
+    cfg = ModelConfig(hidden=8, layers=1, heads=2, intermediate=16, max_len=5, n_tokens=n_items + N_SPECIAL,
+                      dropout=0.0, attention_dropout=0.0, init_std=0.5)
+    torch.manual_seed(5)
+    model = SequenceRecommender(cfg)
+    with torch.no_grad():
+        model.embeddings.item.weight[N_SPECIAL::2] = 0.0
+        model.scorer.bias[::2] = torch.arange(len(model.scorer.bias[::2])) % 3.0
+    return model.eval()
+
+
+@pytest.mark.parametrize("chunk", CHUNKS)
+def test_chunked_evaluation_of_a_real_model_equals_the_unchunked_reference(chunk):
+    n_items = 12
+    model = tied_real_model(n_items)
+    eval_set, _ = make_eval_set(n_users=40, n_items=n_items, seed=4)
+    config = EvalConfig(ks=[1, 5, 10], sampled_negatives=4, batch_size=16, item_chunk=chunk)
+    got = evaluate_ranking(model, eval_set, config, seed=2)
+    assert got == evaluate_ranking(unchunked(model), eval_set, config, seed=2)
+    assert set(got) == {"n_users"} | {f"{p}/{m}" for p in ("all", "unseen", "sampled")
+                                      for m in ("hr@1", "hr@5", "hr@10", "ndcg@1", "ndcg@5", "ndcg@10", "mrr")}
+
+
+def test_chunked_ranks_split_ties_across_chunks():
+    """Tied items in other chunks than the target's count half, as in one matrix."""
+    scorer = ItemScorer(ModelConfig(hidden=2, heads=1, n_tokens=6 + N_SPECIAL, output_transform=False),
+                        nn.Embedding(6 + N_SPECIAL, 2))
+    with torch.no_grad():
+        scorer.item_table.weight[N_SPECIAL:] = torch.tensor([[1.0, 0], [0, 1], [1, 0], [2, 0], [1, 0], [0, 0]])
+    query = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    targets = torch.tensor([2, 5])
+    seen = ItemSets.from_mask(seen_rows({4}, {1}, n=6))
+    whole = target_ranks(scorer(query), targets, seen.mask(), 0, gen())
+    for chunk in (1, 2, 4, 6):
+        ranks = chunked_target_ranks(scorer, query, targets, seen, chunk, 0, gen())
+        assert {k: v.tolist() for k, v in ranks.items()} == {k: v.tolist() for k, v in whole.items()}
+    # row 0 scores [1, 1, 1, 2, 1, 0], target 2: item 3 above, items 0, 1, 4 tied (4 seen);
+    # row 1 scores [0, 1, 0, 0, 0, 0], target 5: item 1 above (and seen), items 0, 2, 3, 4 tied
+    assert whole["all"].tolist() == [2.5, 3.0] and whole["unseen"].tolist() == [2.0, 2.0]
+
+
+def test_chunked_evaluation_never_scores_the_whole_catalogue(monkeypatch):
+    n_items, chunk = 50, 8
+    model = tied_real_model(n_items)
+    eval_set, _ = make_eval_set(n_users=20, n_items=n_items, seed=2)
+    widths = []
+    score, mask = ItemScorer.score, ItemSets.mask
+
+    def recording_score(self, query, items=slice(None)):
+        out = score(self, query, items)
+        widths.append(out.shape[1])
+        return out
+
+    def recording_mask(self, items=slice(None)):
+        out = mask(self, items)
+        widths.append(out.shape[1])
+        return out
+
+    def no_forward(self, hidden):
+        raise AssertionError("the whole [batch, n_items] score matrix was computed")
+
+    monkeypatch.setattr(ItemScorer, "score", recording_score)
+    monkeypatch.setattr(ItemSets, "mask", recording_mask)
+    monkeypatch.setattr(ItemScorer, "forward", no_forward)
+    evaluate_ranking(model, eval_set, EvalConfig(ks=[10], sampled_negatives=0, batch_size=8, item_chunk=chunk))
+    assert widths and max(widths) == chunk
+
+
+def test_chunked_evaluation_of_a_diverged_model_is_an_error():
+    model = tied_real_model(12)
+    with torch.no_grad():
+        model.embeddings.item.weight[N_SPECIAL + 11, 0] = float("nan")  # in the last chunk
+    eval_set, _ = make_eval_set(n_users=9, n_items=12, seed=4)
+    with pytest.raises(DivergenceError, match="model scores are not finite"):
+        evaluate_ranking(model, eval_set, EvalConfig(ks=[10], sampled_negatives=0, item_chunk=5))

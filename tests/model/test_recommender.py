@@ -6,7 +6,7 @@ import torch
 
 from recbert.config import ModelConfig
 from recbert.data.vocab import MASK, ItemVocab
-from recbert.errors import CheckpointError, ConfigError, DivergenceError
+from recbert.errors import CheckpointError, ConfigError, DivergenceError, RecbertError
 from recbert.model.recommender import SequenceRecommender
 
 
@@ -180,3 +180,41 @@ def test_bidirectional_reuse_block_is_refused_for_next_item_training():
 def test_fusion_layers_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="fusion_layers"):
         ModelConfig(layers=2, fusion="mean", fusion_layers=4)
+
+
+def tied_model(**kw):
+    """make_model with exact ties: items 100, 102, 104, 106 have a zero vector and bias 1.0,
+    so they score exactly 1.0 and tie with each other whatever the matmul."""
+    model = make_model(**kw)
+    with torch.no_grad():
+        model.embeddings.item.weight[3::2] = 0.0
+        model.scorer.bias[::2] = 1.0
+        model.scorer.bias[8] = 3.0  # 108 first, then the tie
+    return model
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 10, 50])
+@pytest.mark.parametrize("exclude_seen", [True, False])
+def test_recommend_in_chunks_equals_recommend_over_the_whole_catalogue(chunk, exclude_seen):
+    model = tied_model()
+    histories = [[103], [100, 104, 109], [], list(range(100, 109))]
+    whole_ids, whole_scores = model.recommend(histories, k=10, exclude_seen=exclude_seen)
+    ids, scores = model.recommend(histories, k=10, exclude_seen=exclude_seen, chunk=chunk)
+    assert ids.tolist() == whole_ids.tolist()
+    np.testing.assert_allclose(scores, whole_scores, rtol=1e-6)  # other chunks, other matmuls: last-bit differences
+    ties = [i for i in ids[2] if i in (100, 102, 104, 106)]
+    assert ties == [100, 102, 104, 106] and ids[2][0] == 108  # tied scores in vocabulary order
+    if exclude_seen:
+        assert ids[3].tolist()[1:] == [None] * 9 and ids[3][0] == 109 and np.isneginf(scores[3][1:]).all()
+
+
+def test_recommend_in_chunks_keeps_k_best_across_chunks_and_refuses_nan_scores():
+    model = tied_model()
+    ids, scores = model.recommend([[108]], k=3, chunk=2)
+    assert ids.tolist() == [[100, 102, 104]] and (scores == 1.0).all()
+    with pytest.raises(RecbertError, match="chunk=0 must be >= 1"):
+        model.recommend([[108]], k=3, chunk=0)
+    with torch.no_grad():
+        model.scorer.bias[9] = float("inf")  # in the last chunk
+    with pytest.raises(DivergenceError, match="model scores are not finite"):
+        model.recommend([[103]], k=4, chunk=3)
