@@ -1,7 +1,8 @@
 """Canonical events: read, validate and normalise a table of (user, item, time).
 
-The canonical table is a parquet file (or a folder of them) with ``user_id``,
-``item_id`` and ``timestamp`` columns (names configurable). IDs may be integers
+The canonical table is a parquet file (or a folder of them, searched recursively,
+hive-partitioned or not, all with one schema) with ``user_id``, ``item_id`` and
+``timestamp`` columns (names configurable). IDs may be integers
 or strings; the timestamp may be an integer, a float or a date/datetime.
 A pandas or polars DataFrame is accepted at the Python API edge.
 
@@ -27,23 +28,55 @@ USER, ITEM, TIME = "user_id", "item_id", "timestamp"
 
 
 def scan_parquet(path: str | Path) -> tuple[pl.LazyFrame, str]:
-    """Lazy scan of a parquet file or a folder of parquet files."""
+    """Lazy scan of a parquet file or a folder of parquet files (searched recursively,
+    hive-partitioned or not; partition keys in folder names never become columns),
+    with the path as it is named in error messages."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"events file {p} does not exist")
-    if p.is_dir():
-        files = sorted(p.rglob("*.parquet"))
-        if not files:
-            raise DataError(f"events folder {p} holds no .parquet files")
-        target: Any = [str(f) for f in files]
-    else:
-        target = str(p)
+    files = _folder_files(p) if p.is_dir() else [p]
     try:
-        lf = pl.scan_parquet(target)
+        lf = pl.scan_parquet([str(f) for f in files], hive_partitioning=False)
         lf.collect_schema()
     except Exception as exc:  # polars raises several types for unreadable files
         raise DataError(f"events file {p} is not a readable parquet file: {exc}") from None
     return lf, str(p)
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The ``.parquet`` files below ``folder``, sorted; an error unless there is at
+    least one and all share one schema (column names and types, in any order)."""
+    files = sorted(folder.rglob("*.parquet"))
+    if not files:
+        raise DataError(f"events folder {folder} holds no .parquet files")
+    first = _file_schema(files[0])
+    for f in files[1:]:
+        difference = _schema_difference(_file_schema(f), first)
+        if difference:
+            raise DataError(f"events folder {folder}: file {f} does not have the schema of "
+                            f"{files[0].relative_to(folder)} ({difference}); all files of a folder must "
+                            "have the same columns and types")
+    return files
+
+
+def _file_schema(path: Path) -> dict[str, pl.DataType]:
+    try:
+        return dict(pl.read_parquet_schema(path))
+    except Exception as exc:  # polars raises several types for unreadable files
+        raise DataError(f"events file {path} is not a readable parquet file: {exc}") from None
+
+
+def _schema_difference(schema: dict[str, pl.DataType], reference: dict[str, pl.DataType]) -> str:
+    """How ``schema`` differs from ``reference``, in words ("" when they are the same)."""
+    parts = [f"column {c!r} is {schema[c]}, not {reference[c]}"
+             for c in schema if c in reference and schema[c] != reference[c]]
+    extra = [c for c in schema if c not in reference]
+    lacking = [c for c in reference if c not in schema]
+    if extra:
+        parts.append(f"extra column(s) {extra}")
+    if lacking:
+        parts.append(f"no column(s) {lacking}")
+    return "; ".join(parts)
 
 
 def _as_lazy(source: EventSource) -> tuple[pl.LazyFrame, str]:

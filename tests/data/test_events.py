@@ -44,6 +44,52 @@ def test_empty_folder_and_missing_path(tmp_path):
         load_events(tmp_path / "nope.parquet")
 
 
+def write_hive_folder(folder, frame, n_parts=3):
+    """``frame`` split by ``user_id % n_parts`` into ``folder/part=P/data.parquet``."""
+    for (part,), rows in frame.group_by(pl.col("user_id") % n_parts):
+        (folder / f"part={part}").mkdir(parents=True)
+        rows.write_parquet(folder / f"part={part}" / "data.parquet")
+
+
+def test_hive_partitioned_folder_equals_the_single_file(tmp_path):
+    frame = pl.DataFrame({"user_id": [1, 2, 3, 4, 5, 6], "item_id": [7, 8, 9, 7, 8, 9],
+                          "timestamp": [1, 2, 3, 4, 5, 6], "rating": [1, 2, 3, 4, 5, 1]})
+    frame.write_parquet(tmp_path / "events.parquet")
+    write_hive_folder(tmp_path / "events", frame)
+    single, folder = load_events(tmp_path / "events.parquet"), load_events(tmp_path / "events")
+    assert folder.columns == ["user_id", "item_id", "timestamp"]  # no partition column
+    assert folder.sort("user_id").equals(single.sort("user_id"))
+    with pytest.raises(DataError, match=r"missing column\(s\) \['part'\]"):
+        load_events(tmp_path / "events", user_col="part")  # partition keys are not columns
+
+
+def test_folder_with_mixed_schemas_names_the_file(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    pl.DataFrame(ROWS).write_parquet(folder / "a.parquet")
+    pl.DataFrame({**ROWS, "item_id": [str(i) for i in ROWS["item_id"]]}).write_parquet(folder / "b.parquet")
+    with pytest.raises(DataError) as exc:
+        load_events(folder)
+    msg = str(exc.value)
+    assert str(folder / "b.parquet") in msg and "'item_id' is String, not Int64" in msg
+    (folder / "b.parquet").unlink()
+    pl.DataFrame({**ROWS, "rating": [1] * 5}).write_parquet(folder / "c.parquet")
+    with pytest.raises(DataError, match=r"c\.parquet .*extra column\(s\) \['rating'\]"):
+        load_events(folder)
+
+
+def test_folder_without_parquet_files_and_with_an_unreadable_one(tmp_path):
+    folder = tmp_path / "parts"
+    (folder / "part=0").mkdir(parents=True)
+    (folder / "part=0" / "notes.txt").write_text("not parquet")
+    with pytest.raises(DataError, match=f"events folder {folder} holds no .parquet files"):
+        load_events(folder)
+    pl.DataFrame(ROWS).write_parquet(folder / "part=0" / "a.parquet")
+    (folder / "part=0" / "b.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match=r"part=0/b\.parquet is not a readable parquet file"):
+        load_events(folder)
+
+
 def test_unreadable_file(tmp_path):
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"this is not parquet at all")
