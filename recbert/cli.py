@@ -60,6 +60,31 @@ def import_s3rec(src: Path, out: Path, attributes: Path | None) -> None:
     click.echo(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
 
+# -- synthetic data -----------------------------------------------------------------------------
+@cli.command("generate")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--events", "n_events", type=int, help="About this many events (default 100000).")
+@click.option("--users", "n_users", type=int, help="This many users, instead of --events.")
+@click.option("--items", "n_items", type=int, help="Catalogue size (default 10000).")
+@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="A GeneratorConfig field, e.g. --set zipf_exponent=1.1 --set pattern_prob=0.7 (repeatable).")
+def generate(out: Path, n_events: int | None, n_users: int | None, n_items: int | None, seed: int | None,
+             overrides: tuple[str, ...]) -> None:
+    """Seeded synthetic log -> folder OUT: events/ (hive-partitioned by user bucket),
+    items.parquet (item_id, category), successors.parquet (the learnable pattern), generator.json."""
+    from recbert.config import build_section, parse_overrides
+    from recbert.data.generate import GeneratorConfig, generate_events
+
+    options = (("n_events", n_events), ("n_users", n_users), ("n_items", n_items), ("seed", seed))
+    raw = parse_overrides(list(overrides), {k: v for k, v in options if v is not None})
+    if raw.get("n_users") is not None:
+        raw.setdefault("n_events", None)  # a number of users replaces the default number of events
+    meta = generate_events(out, build_section(GeneratorConfig, raw, "", GeneratorConfig()))
+    click.echo(f"wrote {out}: users {meta['n_users']}, events {meta['n_events']}, items {meta['n_items']}, "
+               f"files {meta['n_files']}, pattern share {meta['pattern']['share_of_pairs']:.3f}")
+
+
 # -- config ------------------------------------------------------------------------------------
 def _load_config(config: Path | None, overrides: tuple[str, ...], events: str | None, no_mlflow: bool):
     from recbert.config import RunConfig
