@@ -122,11 +122,13 @@ def test_non_finite_validation_scores_stop_training_with_the_epoch(monkeypatch):
         train_stage(model, splits, stage, EVAL, seed=0)
 
 
-@pytest.mark.parametrize("loss,epochs", [("sampled_softmax", 12), ("gbce", 30)])  # BCE learns slower
-def test_sampled_losses_learn_the_pattern_too(loss, epochs):
+# BCE learns the ring more slowly than softmax: 30 epochs for 0.94 HR@10 at t=0 (plain BCE);
+# the calibrated t=0.75 needs about 40 (measured), so the test uses t=0 for speed
+@pytest.mark.parametrize("loss,epochs,t", [("sampled_softmax", 12, 0.75), ("gbce", 30, 0.0)])
+def test_sampled_losses_learn_the_pattern_too(loss, epochs, t):
     model, splits = setup()
     stage = StageConfig(objective="next_item", loss=loss, negatives=16, epochs=epochs, lr=3e-3, batch_size=64,
-                        patience=50, warmup_ratio=0.0)
+                        patience=50, warmup_ratio=0.0, gbce_t=t)
     train_stage(model, splits, stage, EVAL, seed=0)
     from recbert.evaluation.ranking import evaluate_ranking
 
