@@ -8,7 +8,8 @@ registry (the config's ``train.loss`` choices): each entry builds the loss from 
 * ``full_softmax``: cross-entropy over the whole catalogue; memory O(N x items).
 * ``sampled_softmax``: cross-entropy over the target and a shared set of candidates: M
   negatives drawn per batch from a proposal (``uniform`` or ``popularity``) plus, with
-  ``in_batch_negatives``, the batch's own targets; accidental hits (a candidate equal to
+  ``in_batch_negatives``, the targets of up to M positions of the batch drawn at random
+  (a draw from the training popularity); accidental hits (a candidate equal to
   the row's target) are masked, and with ``logq_correction`` each candidate's logit is
   lowered by the log of its expected count among the candidates (Bengio & Senecal 2008;
   Yi et al., RecSys 2019): the candidates' exp-logits then estimate the rest of the
@@ -117,15 +118,18 @@ class SampledSoftmaxLoss:
 
     def __call__(self, hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
         t = targets - N_SPECIAL
-        sampled = self.sampler.sample().to(t.device)
-        candidates = torch.cat([sampled, t]) if self.in_batch else sampled
+        candidates = self.sampler.sample().to(t.device)
+        n_batch = min(self.sampler.m, len(t)) if self.in_batch else 0
+        if n_batch:  # the targets of n_batch random positions: memory stays O(N x 2M), not O(N^2)
+            picked = torch.randperm(len(t), generator=self.sampler.generator)[:n_batch].to(t.device)
+            candidates = torch.cat([candidates, t[picked]])
         target_logits, logits = _candidate_logits(hidden, t, scorer, candidates)
         if self.logq:
             # expected count of item j among the candidates: M q(j) from the proposal, plus
-            # N p(j) from the batch's targets (p = training popularity) when they are in
+            # n_batch p(j) from the batch's targets (p = training popularity) when they are in
             expected = self.sampler.expected_counts(candidates.cpu())
-            if self.in_batch:
-                expected = expected + len(t) * self.popularity[candidates.cpu()]
+            if n_batch:
+                expected = expected + n_batch * self.popularity[candidates.cpu()]
             logits = logits - torch.log(expected.clamp(min=1e-30)).to(logits)[None, :]
         logits = logits.masked_fill(candidates[None, :] == t[:, None], float("-inf"))  # accidental hits
         all_logits = torch.cat([target_logits[:, None], logits], dim=1)
