@@ -125,6 +125,8 @@ class StageConfig:
     in_batch_negatives: bool = True  # sampled_softmax: the batch's targets are candidates too
     logq_correction: bool = True  # sampled_softmax: subtract log(expected count) from every logit
     gbce_t: float = 0.75  # gbce calibration t in [0, 1] (0: plain BCE over the sampled negatives)
+    # sparse gradients + SparseAdam for the item table: only the batch's items move (sampled losses)
+    lazy_item_updates: bool = False
     epochs: int = 0
     batch_size: int = 256
     lr: float = 1e-3
@@ -147,6 +149,9 @@ class StageConfig:
             raise ConfigError(f"stage negatives must be >= 1, got {self.negatives}")
         if not 0.0 <= self.gbce_t <= 1.0:
             raise ConfigError(f"stage gbce_t must be in [0, 1], got {self.gbce_t}")
+        if self.lazy_item_updates and self.loss == "full_softmax":
+            raise ConfigError("stage lazy_item_updates needs a sampled loss (sampled_softmax or gbce): the full "
+                              "softmax's gradient reaches every item")
         if self.lr <= 0:
             raise ConfigError(f"stage lr must be > 0, got {self.lr}")
         if not 0.0 < self.mask_prob < 1.0:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -68,6 +69,11 @@ class ItemScorer(nn.Module):
     def item_vectors(self) -> Tensor:
         """``[n_items, H]``: row ``i`` is the item with token ``i + N_SPECIAL``."""
         return self.item_table.weight[N_SPECIAL:]
+
+    def vectors_of(self, items: Tensor) -> Tensor:
+        """``[..., H]`` the vectors of item indices ``items``; a lookup, so its gradient is
+        sparse when the item table is (``item_table.sparse``, lazy item updates)."""
+        return F.embedding(items + N_SPECIAL, self.item_table.weight, sparse=self.item_table.sparse)
 
     def score(self, query: Tensor, items: slice = slice(None)) -> Tensor:
         """``[B, len(items)]``: the scores of a slice of the catalogue (all of it by

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from recbert.errors import DivergenceError
 from recbert.training.losses import check_finite_loss
-from recbert.training.optim import set_train_modes
+from recbert.training.optim import clip_gradients, set_train_modes
 
 log = logging.getLogger("recbert.train")
 
@@ -130,7 +130,7 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
             optimizer.zero_grad(set_to_none=True)
             step.total.backward()
             if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, settings.grad_clip)
+                clip_gradients(trainable, settings.grad_clip)
             optimizer.step()
             schedule.step()
             steps += 1

@@ -101,9 +101,9 @@ def _candidate_logits(hidden: Tensor, targets: Tensor, scorer: nn.Module, candid
     """``(target logits [N], candidate logits [N, C])`` with the scorer's formula
     ``T(h) . E[i] + b[i]``, never scoring the whole catalogue."""
     query = scorer.query(hidden)
-    vectors, bias = scorer.item_vectors(), scorer.bias
-    target_logits = (query * vectors[targets]).sum(-1) + bias[targets]
-    return target_logits, torch.addmm(bias[candidates], query, vectors[candidates].T)
+    bias = scorer.bias
+    target_logits = (query * scorer.vectors_of(targets)).sum(-1) + bias[targets]
+    return target_logits, torch.addmm(bias[candidates], query, scorer.vectors_of(candidates).T)
 
 
 class SampledSoftmaxLoss:

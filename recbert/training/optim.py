@@ -9,7 +9,13 @@ no weight decay on 1-D parameters, and warm-up + decay schedules.
 * ``parameter_groups(model, lr, weight_decay, head_lr, layer_decay)``: layer i of n gets
   ``lr * layer_decay ** (n - i)`` (embeddings are layer 0, the parts above the last layer
   layer n), head parameters ``head_lr``; biases and LayerNorm weights no decay;
-* ``lr_schedule(optimizer, total_steps, warmup_ratio, schedule)``: one of :data:`SCHEDULES`.
+* ``lr_schedule(optimizer, total_steps, warmup_ratio, schedule)``: one of :data:`SCHEDULES`;
+* lazy item updates (``make_optimizer(..., lazy_items=True)``): the item embedding table
+  gets sparse gradients and :class:`torch.optim.SparseAdam`, which moves only the rows of
+  the items in the batch and keeps the other rows' moments as they are (plain Adam moves
+  every row every step with stale moments, and its dense step over a 1M-item table
+  dominates the step time); the rest, the per-item bias included, keeps AdamW. The table
+  then gets no weight decay. Only for sampled losses: the full softmax's gradient is dense.
 
 Parameter names are a bare recommender's (``encoder.layers.0...``) or a head model's
 (``backbone.encoder.layers.0...``); anything outside the recommender is the head.
@@ -116,12 +122,52 @@ def parameter_groups(model: nn.Module, lr: float, weight_decay: float, head_lr: 
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, head_lr: Optional[float] = None,
-                   layer_decay: float = 1.0) -> torch.optim.Optimizer:
-    """AdamW (betas 0.9 / 0.98) over :func:`parameter_groups`."""
+                   layer_decay: float = 1.0, lazy_items: bool = False) -> torch.optim.Optimizer:
+    """AdamW (betas 0.9 / 0.98) over :func:`parameter_groups`; with ``lazy_items``, the
+    item table apart, under SparseAdam (module docstring)."""
+    table = model.embeddings.item.weight if lazy_items else None
     groups = parameter_groups(model, lr, weight_decay, head_lr, layer_decay)
-    if not groups:
+    if table is not None:
+        for g in groups:
+            g["params"] = [p for p in g["params"] if p is not table]
+        groups = [g for g in groups if g["params"]]
+    if not groups and table is None:
         raise ConfigError("nothing to train: every parameter is frozen")
-    return torch.optim.AdamW(groups, lr=lr, betas=BETAS)
+    dense = torch.optim.AdamW(groups, lr=lr, betas=BETAS) if groups else None
+    if table is None:
+        return dense
+    model.embeddings.item.sparse = True
+    sparse = torch.optim.SparseAdam([{"name": "item_table", "params": [table], "lr": lr}], lr=lr, betas=BETAS)
+    return CombinedOptimizer([o for o in (sparse, dense) if o is not None])
+
+
+class CombinedOptimizer(torch.optim.Optimizer):
+    """Several optimisers stepped as one (SparseAdam for the item table, AdamW for the
+    rest). ``param_groups`` are the inner optimisers' own group dicts, so a scheduler's
+    learning rates reach them."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+        super().__init__([g for o in optimizers for g in o.param_groups], {})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 - as torch.optim.Optimizer.step
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> None:
+    """Scale gradients to a total 2-norm of at most ``max_norm``: torch's own clipping
+    for dense gradients; sparse ones (lazy item updates) enter the norm by their values."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not any(g.is_sparse for g in grads):
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    norms = [(g.coalesce().values() if g.is_sparse else g).norm() for g in grads]
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale)
 
 
 def _linear(progress: float) -> float:

@@ -48,7 +48,7 @@ def train_stage(
     model.set_attention(causal)
     model.to(device)
     objective = build_objective(name, stage, model, splits.train, seed, window_stride, device)
-    optimizer = make_optimizer(model, stage.lr, stage.weight_decay)
+    optimizer = make_optimizer(model, stage.lr, stage.weight_decay, lazy_items=stage.lazy_item_updates)
     schedule = lr_schedule(optimizer, max(1, stage.epochs * objective.steps_per_epoch), stage.warmup_ratio,
                            stage.schedule)
     metric_key = f"{selection_protocol(eval_config)}/{eval_config.select_metric}"
@@ -63,5 +63,8 @@ def train_stage(
         log.warning("%s: no validation users; early stopping is off and the last weights are kept", name)
     settings = FitSettings(epochs=stage.epochs, patience=stage.patience, eval_every=stage.eval_every,
                            grad_clip=stage.grad_clip, max_minutes=stage.max_minutes, progress=True)
-    return fit(model, objective, optimizer, schedule, settings, validate if len(splits.val) else None, sink,
-               step_offset)
+    try:
+        return fit(model, objective, optimizer, schedule, settings, validate if len(splits.val) else None, sink,
+                   step_offset)
+    finally:
+        model.embeddings.item.sparse = False  # lazy updates end with the stage
