@@ -49,6 +49,7 @@ class DataConfig:
     item_features: Optional[str] = None
     item_feature_columns: list[str] = field(default_factory=list)
     min_item_count: int = 1  # rarer items map to the UNK bucket
+    max_items: Optional[int] = None  # vocabulary cap: only the most frequent items get a token, the rest UNK
     min_user_events: int = 2  # users with fewer events are dropped (logged)
     split: Literal["leave_one_out", "time"] = "leave_one_out"
     time_val_fraction: float = 0.1  # global time split: share of events after the val cut
@@ -58,6 +59,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.min_item_count < 1:
             raise ConfigError(f"data.min_item_count must be >= 1, got {self.min_item_count}")
+        if self.max_items is not None and self.max_items < 1:
+            raise ConfigError(f"data.max_items (the vocabulary cap) must be >= 1 or unset, got {self.max_items}")
         if self.min_user_events < 1:
             raise ConfigError(f"data.min_user_events must be >= 1, got {self.min_user_events}")
         for name in ("time_val_fraction", "time_test_fraction"):

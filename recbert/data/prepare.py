@@ -10,7 +10,7 @@ from typing import Optional
 from recbert.config import RunConfig
 from recbert.data.events import EventSource, load_events
 from recbert.data.sequences import Splits, build_sequences, leave_one_out, time_split
-from recbert.data.vocab import ItemVocab
+from recbert.data.vocab import UNK, ItemVocab
 
 log = logging.getLogger("recbert.data")
 
@@ -21,8 +21,12 @@ def prepare_data(config: RunConfig, events: Optional[EventSource] = None,
     d = config.data
     df = load_events(events if events is not None else d.events, d.user_col, d.item_col, d.time_col)
     if vocab is None:
-        vocab = ItemVocab.build(df["item_id"], d.min_item_count)
+        vocab = ItemVocab.build(df["item_id"], d.min_item_count, d.max_items)
     seqs = build_sequences(df, vocab, d.min_user_events)
+    unk = int((seqs.items == UNK).sum())
+    if unk:
+        log.info("%d of %d events (%.1f%%) are items without a token (rarer than data.min_item_count, beyond "
+                 "data.max_items, or unseen): they read as [UNK]", unk, len(seqs.items), 100 * unk / len(seqs.items))
     splits = leave_one_out(seqs) if d.split == "leave_one_out" else time_split(
         seqs, d.time_val_fraction, d.time_test_fraction)
     log.info("%d events, %d users, %d items; %d train sequences, %d val and %d test users",

@@ -2,8 +2,9 @@
 
 Tokens 0, 1, 2 are PAD, MASK and UNK; real items start at 3, ordered by
 descending event count (ties by first appearance). Items rarer than
-``min_count`` and ids never seen in training map to UNK: never a crash, never
-a silent wrong index. The vocabulary is saved as parquet beside the model.
+``min_count``, items beyond the ``max_items`` most frequent (a vocabulary cap for
+very large ID spaces) and ids never seen in training map to UNK: never a crash,
+never a silent wrong index. The vocabulary is saved as parquet beside the model.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ class ItemVocab:
 
     # -- construction --------------------------------------------------------------
     @classmethod
-    def build(cls, items: pl.Series, min_count: int = 1) -> "ItemVocab":
+    def build(cls, items: pl.Series, min_count: int = 1, max_items: int | None = None) -> "ItemVocab":
+        """The items seen at least ``min_count`` times, at most the ``max_items`` most
+        frequent of them (None: no cap)."""
         counts = (
             items.to_frame("item")
             .with_row_index("order")
@@ -48,6 +51,8 @@ class ItemVocab:
             .filter(pl.col("n") >= min_count)
             .sort(["n", "order"], descending=[True, False])
         )
+        if max_items is not None:
+            counts = counts.head(max_items)
         return cls(counts["item"].to_numpy(), counts["n"].to_numpy())
 
     # -- mapping ---------------------------------------------------------------------

@@ -35,6 +35,22 @@ def test_min_count_maps_rare_items_to_unk():
     assert v.encode(["a", "b", "c", "d"]).tolist() == [4, UNK, 3, UNK]
 
 
+def test_vocabulary_cap_keeps_the_most_frequent_items():
+    items = pl.Series([30, 40, 10, 30, 40, 30, 10, 50, 20])
+    v = ItemVocab.build(items, max_items=2)
+    assert v.item_ids.tolist() == [30, 40]  # 30 x3, then 40 and 10 x2: 40 came first
+    assert v.encode([30, 40, 10, 50]).tolist() == [3, 4, UNK, UNK]
+    assert ItemVocab.build(items, min_count=2, max_items=10).n_items == 3
+
+
+def test_a_vocabulary_cap_of_zero_is_one_clear_error():
+    from recbert.config import RunConfig
+    from recbert.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.max_items \(the vocabulary cap\) must be >= 1"):
+        RunConfig.load(None, ["data.max_items=0"])
+
+
 def test_encode_unseen_ints_and_strings():
     vi = ItemVocab.build(pl.Series([5, 7, 7, 9]))
     assert vi.encode(np.array([7, 5, 9, 1234, -1])).tolist() == [3, 4, 5, UNK, UNK]
