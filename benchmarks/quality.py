@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from recbert.jobs.train import run_training  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
+from recbert.runtime import allocator_name, reexec_with_fast_allocator  # noqa: E402
 from recbert.data.importers import import_movielens_100k, import_s3rec  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -57,7 +58,7 @@ def main() -> None:
     wall = time.perf_counter() - started
     m = result.test_metrics
     print(f"\n## {args.dataset}: {datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
-          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, {allocator_name()}")
     print(f"command: .venv/bin/python benchmarks/quality.py {args.dataset} "
           + " ".join(f"--set {o}" for o in args.overrides))
     print(f"config: {config_path.relative_to(ROOT)}, seed {cfg.seed}; MLflow run {result.run_id}")
@@ -76,4 +77,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.runtime)
     main()

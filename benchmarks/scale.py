@@ -34,7 +34,7 @@ from recbert.data.sequences import EvalSet  # noqa: E402
 from recbert.data.vocab import N_SPECIAL  # noqa: E402
 from recbert.evaluation.ranking import evaluate_ranking  # noqa: E402
 from recbert.jobs.train import build_model  # noqa: E402
-from recbert.runtime import seed_everything  # noqa: E402
+from recbert.runtime import allocator_name, reexec_with_fast_allocator, seed_everything  # noqa: E402
 from recbert.training.trainer import train_stage  # noqa: E402
 
 
@@ -110,7 +110,8 @@ def main() -> None:
         sub = EvalSet(test.inputs.select(np.flatnonzero(on_pattern)), test.targets[on_pattern])
         pattern = evaluate_ranking(model, sub, cfg.eval)["all/hr@10"]
     print(f"\n## scale: {args.events:,} events x {args.items:,} items, {time.strftime('%Y-%m-%d')}, "
-          f"{platform.machine()}, {torch.get_num_threads()} torch threads, load average before {load:.2f}")
+          f"{platform.machine()}, {torch.get_num_threads()} torch threads, {allocator_name()}, "
+          f"load average before {load:.2f}")
     print(f"command: .venv/bin/python benchmarks/scale.py --events {args.events} --items {args.items} "
           f"--loss {args.loss} --negatives {args.negatives} --epochs {args.epochs} --eval-users {args.eval_users}"
           + "".join(f" --set {o}" for o in args.overrides))
@@ -127,4 +128,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.runtime)
     main()

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recbert.data.prepare import prepare_data  # noqa: E402
 from recbert.jobs.train import build_model  # noqa: E402
-from recbert.runtime import seed_everything  # noqa: E402
+from recbert.runtime import allocator_name, reexec_with_fast_allocator, seed_everything  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
 from recbert.data.importers import import_s3rec  # noqa: E402
 from recbert.evaluation.ranking import evaluate_ranking  # noqa: E402
@@ -66,7 +66,8 @@ def main() -> None:
         evaluate_ranking(model, splits.test, dataclasses.replace(cfg.eval, sampled_negatives=100))
         eval_sampled = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}, {allocator_name()}")
     print(f"data: {len(splits.train)} training sequences, {vocab.n_items} items, {int(m['n_users'])} test users\n")
     print("| objective | data prep s | epoch s (each) | mean epoch s | sequences/s |")
     print("|---|---|---|---|---|")
@@ -78,4 +79,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.runtime)
     main()

@@ -1,8 +1,6 @@
 """Batch job `evaluate`: the same as `recbert evaluate ...` (see pipelines/README.md)."""
 
-import sys
-
-from recbert.cli import main
+from recbert.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    run_job("evaluate")

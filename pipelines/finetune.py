@@ -1,8 +1,6 @@
 """Batch job `finetune`: the same as `recbert finetune ...` (see pipelines/README.md)."""
 
-import sys
-
-from recbert.cli import main
+from recbert.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["finetune", *sys.argv[1:]]))
+    run_job("finetune")

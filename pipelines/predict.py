@@ -1,8 +1,6 @@
 """Batch job `predict`: the same as `recbert predict ...` (see pipelines/README.md)."""
 
-import sys
-
-from recbert.cli import main
+from recbert.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["predict", *sys.argv[1:]]))
+    run_job("predict")

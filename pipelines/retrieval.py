@@ -4,11 +4,11 @@ the same as `recbert export ...`, `recbert index build ...`, `recbert recommend-
 
 import sys
 
-from recbert.cli import main
+from recbert.cli import run_job
 
 COMMANDS = ("export", "index", "recommend-batch")
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         sys.exit(f"usage: python pipelines/retrieval.py {{{'|'.join(COMMANDS)}}} ...")
-    sys.exit(main(sys.argv[1:]))
+    run_job(None)

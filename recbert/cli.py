@@ -396,5 +396,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The console script: under jemalloc when it is installed (recbert.runtime), then
+    :func:`main`. Tests and Python callers use :func:`main`, which never re-executes."""
+    run_job(None)
+
+
+def run_job(command: str | None) -> None:
+    """A front door (the console script, or a pipelines/ script for ``command``): the
+    process re-runs itself under jemalloc when it can, then runs the command."""
+    from recbert.runtime import reexec_with_fast_allocator
+
+    reexec_with_fast_allocator()
+    sys.exit(main(sys.argv[1:] if command is None else [command, *sys.argv[1:]]))
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -53,7 +53,7 @@ def test_pipeline_scripts_import_only_the_cli():
     assert scripts
     for path in scripts:
         ours = {i for i in imports(path) if i.split(".")[0] in ("recbert", "pipelines")}
-        assert ours <= {"recbert.cli", "recbert.cli.main"}, (path.name, ours)
+        assert all(i == "recbert.cli" or i.startswith("recbert.cli.") for i in ours), (path.name, ours)
 
 
 def test_no_import_cycles_in_the_library():
