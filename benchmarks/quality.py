@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from recbert.jobs.train import run_training  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
-from recbert.runtime import allocator_name, reexec_with_fast_allocator  # noqa: E402
+from recbert.allocator import allocator_name, reexec_with_fast_allocator  # noqa: E402
 from recbert.data.importers import import_movielens_100k, import_s3rec  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -77,5 +77,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.runtime)
+    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.allocator)
     main()

@@ -34,7 +34,8 @@ from recbert.data.sequences import EvalSet  # noqa: E402
 from recbert.data.vocab import N_SPECIAL  # noqa: E402
 from recbert.evaluation.ranking import evaluate_ranking  # noqa: E402
 from recbert.jobs.train import build_model  # noqa: E402
-from recbert.runtime import allocator_name, reexec_with_fast_allocator, seed_everything  # noqa: E402
+from recbert.allocator import allocator_name, reexec_with_fast_allocator  # noqa: E402
+from recbert.runtime import seed_everything  # noqa: E402
 from recbert.training.trainer import train_stage  # noqa: E402
 
 
@@ -128,5 +129,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.runtime)
+    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.allocator)
     main()

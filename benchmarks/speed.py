@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recbert.data.prepare import prepare_data  # noqa: E402
 from recbert.jobs.train import build_model  # noqa: E402
-from recbert.runtime import allocator_name, reexec_with_fast_allocator, seed_everything  # noqa: E402
+from recbert.allocator import allocator_name, reexec_with_fast_allocator  # noqa: E402
+from recbert.runtime import seed_everything  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
 from recbert.data.importers import import_s3rec  # noqa: E402
 from recbert.evaluation.ranking import evaluate_ranking  # noqa: E402
@@ -79,5 +80,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.runtime)
+    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.allocator)
     main()

@@ -121,7 +121,9 @@ def train(config: Path | None, overrides: tuple[str, ...], events: str | None, n
     from recbert.jobs.train import format_metrics, run_training
 
     cfg = _load_config(config, overrides, events, no_mlflow)
-    result = run_training(cfg)
+    result = run_training(cfg)  # under torchrun: on every rank, and rank 0 reports
+    if not result.is_main:
+        return
     test = {k.removeprefix("test/"): v for k, v in result.test_metrics.items() if k.startswith("test/")}
     click.echo(format_metrics(test, cfg))
     click.echo(f"model: {result.model_dir}")
@@ -397,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    """The console script: under jemalloc when it is installed (recbert.runtime), then
+    """The console script: under jemalloc when it is installed (recbert.allocator), then
     :func:`main`. Tests and Python callers use :func:`main`, which never re-executes."""
     run_job(None)
 
@@ -405,7 +407,7 @@ def run() -> None:
 def run_job(command: str | None) -> None:
     """A front door (the console script, or a pipelines/ script for ``command``): the
     process re-runs itself under jemalloc when it can, then runs the command."""
-    from recbert.runtime import reexec_with_fast_allocator
+    from recbert.allocator import reexec_with_fast_allocator
 
     reexec_with_fast_allocator()
     sys.exit(main(sys.argv[1:] if command is None else [command, *sys.argv[1:]]))

@@ -27,3 +27,6 @@ class DivergenceError(RecbertError):
     def __init__(self, message: str, detail: str = ""):
         super().__init__(message)
         self.detail = detail
+
+    def __reduce__(self):  # keeps ``detail`` when sent between processes (pickled)
+        return type(self), (str(self), self.detail)

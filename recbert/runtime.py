@@ -1,28 +1,20 @@
-"""Process set-up shared by every job: seeds, torch threads, the device, and the
-memory allocator.
-
-The allocator: a training step allocates and frees tensors of hundreds of MB (the
-logits at target positions), which glibc's malloc hands back to the kernel every time
-(mmap above 32 MiB), so a third of the CPU time went to page faults. jemalloc told to
-keep freed pages (``MALLOC_CONF`` below) removes that: measured on Beauty, next-item
-epoch 12.7 -> 8.9 s, full-ranking evaluation 4.0 -> 1.65 s, system time 37 -> 3.7 s
-(BENCHMARKS.md). A process can only choose its allocator at start, so
-:func:`reexec_with_fast_allocator` re-runs the command under jemalloc when it is
-installed (Debian/Ubuntu: ``libjemalloc2``) and ``RECBERT_ALLOCATOR`` is not ``system``.
-"""
+"""Process set-up shared by every job: seeds, torch threads, the device and, under
+torchrun, the process group of distributed training (:class:`DistributedContext`)."""
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import random
-import sys
-from typing import Optional, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 import torch
 
 from recbert.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -51,41 +43,93 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1,background_thread:false"  # keep freed pages
-_REEXEC_MARK = "RECBERT_ALLOCATOR_SET"
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits in a (torchrun) job: its ``rank`` among ``world_size``
+    processes, its ``local_rank`` on its node and the ``device`` it trains on. A single
+    process is rank 0 of world size 1."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that logs to MLflow and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
 
 
-def fast_allocator_env(environ: Optional[dict] = None) -> Optional[dict]:
-    """The environment that runs a new process under jemalloc keeping its freed pages, or
-    None: jemalloc not installed, already preloaded, or ``RECBERT_ALLOCATOR=system``."""
-    env = dict(os.environ if environ is None else environ)
-    if env.get("RECBERT_ALLOCATOR", "jemalloc") == "system" or env.get(_REEXEC_MARK):
-        return None
-    if "jemalloc" in env.get("LD_PRELOAD", ""):
-        return None
-    library = ctypes.util.find_library("jemalloc")
-    if library is None:
-        return None
-    env["LD_PRELOAD"] = " ".join(p for p in (env.get("LD_PRELOAD", ""), library) if p)
-    env.setdefault("MALLOC_CONF", JEMALLOC_CONF)
-    env[_REEXEC_MARK] = "1"
-    return env
+def torchrun_ranks() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's environment; ``(0, 1, 0)`` outside it."""
+    env = os.environ
+    return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
 
 
-def reexec_with_fast_allocator(argv: Optional[Sequence[str]] = None) -> None:
-    """Run this command again (``argv``, default ``sys.argv``: the script and its
-    arguments) under jemalloc, replacing this process (module docstring); returns
-    without doing anything when :func:`fast_allocator_env` says no."""
-    env = fast_allocator_env()
-    if env is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, [sys.executable, *(sys.argv if argv is None else argv)], env)
+def init_distributed(device_name: str) -> DistributedContext:
+    """The context of this process, with the process group initialised when torchrun
+    started more than one: backend ``nccl`` on CUDA (device ``cuda:LOCAL_RANK``),
+    ``gloo`` otherwise. A single process initialises nothing."""
+    rank, world_size, local_rank = torchrun_ranks()
+    device = resolve_device(device_name)
+    if world_size == 1:
+        return DistributedContext(device=device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(k)]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world_size} but {' and '.join(missing)} not set: start distributed "
+                          "training with torchrun")
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
+                                         world_size=world_size)
+    return DistributedContext(rank, world_size, local_rank, device)
 
 
-def allocator_name() -> str:
-    """Which allocator this process runs on, for benchmark reports."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    if "jemalloc" in preload:
-        return f"jemalloc (MALLOC_CONF={os.environ.get('MALLOC_CONF', '')})"
-    return "glibc malloc"
+def shutdown_distributed(context: DistributedContext) -> None:
+    """Destroy the process group :func:`init_distributed` created (nothing for one process)."""
+    if context.distributed and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+@contextmanager
+def distributed(device_name: str) -> Iterator[DistributedContext]:
+    """:func:`init_distributed` for the duration of a job, shut down at its end."""
+    context = init_distributed(device_name)
+    try:
+        yield context
+    finally:
+        shutdown_distributed(context)
+
+
+def on_main(fn: Callable[[], T], context: DistributedContext) -> T:
+    """``fn()`` run on rank 0 only; every rank returns its result, or raises its error,
+    so that all ranks take the same decision. A single process just calls ``fn``."""
+    if not context.distributed:
+        return fn()
+    payload: list[Any] = [None]
+    if context.is_main:
+        try:
+            payload[0] = (fn(), None)
+        except Exception as exc:  # re-raised on every rank below
+            payload[0] = (None, exc)
+    torch.distributed.broadcast_object_list(payload, src=0, device=_collective_device(context))
+    value, error = payload[0]
+    if error is not None:
+        raise error
+    return value
+
+
+def _collective_device(context: DistributedContext) -> Optional[torch.device]:
+    """The device object collectives stage their tensors on: the GPU under nccl, else CPU."""
+    return context.device if context.device.type == "cuda" else None
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of a per-rank random stream: ``seed`` itself on rank 0 (a single process
+    is unchanged), an independent one derived from ``(seed, rank)`` on the other ranks."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])

@@ -28,7 +28,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     fi
 fi
 "${pip[@]}" install -q -e ".[dev]"
-# Optional speed-up (recbert.runtime): jemalloc keeping freed pages cuts a Beauty epoch from
+# Optional speed-up (recbert.allocator): jemalloc keeping freed pages cuts a Beauty epoch from
 # 12.7 to 8.9 s. Best effort: Debian/Ubuntu as root only; recbert runs without it.
 if ! "$VENV/bin/python" -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('jemalloc') is None)" \
     && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -z "${RECBERT_NO_APT:-}" ]; then

@@ -59,6 +59,17 @@ def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Ge
     return np.concatenate(batches)
 
 
+def global_batch_bounds(n_rows: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each global batch of an epoch's ``n_rows``: every
+    ``batch_size`` rows, the last one shorter; with ``world_size`` ranks sharing each
+    batch, a last batch of fewer than ``world_size`` rows joins the one before it, so
+    that every rank gets rows at every step."""
+    bounds = [(lo, min(lo + batch_size, n_rows)) for lo in range(0, n_rows, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < world_size:
+        bounds[-2:] = [(bounds[-2][0], n_rows)]
+    return bounds
+
+
 def concat_rows(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """``(tokens, lengths)``: the int64 rows laid end to end, and each row's length."""
     lengths = np.array([len(r) for r in rows], dtype=np.int64)

@@ -1,5 +1,8 @@
 """Batch job: events parquet -> sequences -> (MLM pretraining) -> training ->
-full-ranking test evaluation -> model directory, all tracked in MLflow."""
+full-ranking test evaluation -> model directory, all tracked in MLflow.
+
+Under torchrun (``WORLD_SIZE`` > 1) the stages train data-parallel on all ranks; rank 0
+alone evaluates on the test split, logs to MLflow and writes the model directory."""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from recbert.data.vocab import ItemVocab
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
 from recbert.model.checkpoint import METRICS_FILE, RUN_CONFIG_FILE
 from recbert.model.recommender import SequenceRecommender
-from recbert.runtime import resolve_device, seed_everything, set_threads
+from recbert.runtime import DistributedContext, distributed, on_main, rank_seed, seed_everything, set_threads
 from recbert.tracking import MODEL_ARTIFACT, Tracker
 from recbert.training.trainer import StageResult, train_stage
 
@@ -38,6 +41,7 @@ class TrainResult:
     test_metrics: dict[str, float]
     stages: list[StageResult] = field(default_factory=list)
     seconds: float = 0.0
+    is_main: bool = True  # False on the ranks other than 0 of a distributed run (they wrote nothing)
 
 
 def build_model(config: RunConfig, vocab: ItemVocab) -> SequenceRecommender:
@@ -58,16 +62,26 @@ def build_model(config: RunConfig, vocab: ItemVocab) -> SequenceRecommender:
 
 
 def run_training(config: RunConfig, events: Optional[EventSource] = None) -> TrainResult:
+    """Train and test ``config``'s model; under torchrun on every rank, distributed."""
+    with distributed(config.device) as context:
+        return _run_training(config, events, context)
+
+
+def _run_training(config: RunConfig, events: Optional[EventSource], context: DistributedContext) -> TrainResult:
     started = time.perf_counter()
     seed_everything(config.seed)
     set_threads(config.threads)
-    device = resolve_device(config.device)
+    device = context.device
     vocab, splits = prepare_data(config, events)
     model = build_model(config, vocab)
+    if context.rank:  # dropout: an independent stream on each further rank (rank 0 continues as one process)
+        torch.manual_seed(rank_seed(config.seed, context.rank))
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("model: %d parameters, device %s", n_params, device)
+    log.info("model: %d parameters, device %s%s", n_params, device,
+             f", rank {context.rank} of {context.world_size}" if context.distributed else "")
 
-    tracker = Tracker(config.tracking)
+    tracking = config.tracking if context.is_main else dataclasses.replace(config.tracking, enabled=False)
+    tracker = Tracker(tracking)
     with tracker:
         # params: the config as loaded, with the sizes the data decided (a copy; config is read-only)
         tracker.start(dataclasses.replace(config, model=model.config).flat())
@@ -79,32 +93,42 @@ def run_training(config: RunConfig, events: Optional[EventSource] = None) -> Tra
                 continue
             res = train_stage(model, splits, stage, config.eval, name=name, seed=config.seed,
                               window_stride=config.data.window_stride, device=device,
-                              sink=tracker.log_metrics, step_offset=step)
+                              sink=tracker.log_metrics, step_offset=step, context=context)
             step += res.epochs_run
             results.append(res)
-        weights = fusion_layer_weights(model, splits.test.inputs, device)
-        if weights is not None:
-            log.info("learned layer-fusion weights (layer 0 = embeddings): %s", [round(w, 3) for w in weights])
-            tracker.log_metrics({f"fusion/layer_{i}_weight": w for i, w in enumerate(weights)}, step)
-        test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device)
-        test_metrics = {f"test/{k}": v for k, v in test.items()}
-        summary = {**test_metrics, "time/total_seconds": time.perf_counter() - started}
-        for r in results:
-            summary[f"time/{r.name}_seconds"] = r.seconds
-            summary[f"{r.name}/best_epoch"] = r.best_epoch
-            if r.train_seconds:
-                summary[f"{r.name}/mean_epoch_seconds"] = r.train_seconds / r.epochs_run
-        tracker.log_metrics(summary, step)
+        summary, model_dir = on_main(lambda: test_and_save(model, vocab, splits.test, config, tracker, results, step,
+                                                           device, started), context)
+    return TrainResult(tracker.run_id, model_dir, summary, results, time.perf_counter() - started, context.is_main)
 
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        model_dir = Path(config.out_dir) / (tracker.run_id or f"run-{stamp}")
-        trained = dataclasses.replace(config, model=model.config)  # with the attention training left it in
-        extra = {RUN_CONFIG_FILE: json.dumps(trained.to_dict(), indent=2, sort_keys=True) + "\n",
-                 METRICS_FILE: json.dumps(summary, indent=2, sort_keys=True) + "\n"}
-        model.save_pretrained(model_dir, vocab, extra=extra)
-        tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
-        tracker.log_text(format_metrics(test, config), "test_metrics.md")
-    return TrainResult(tracker.run_id, model_dir, summary, results, time.perf_counter() - started)
+
+def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, config: RunConfig, tracker: Tracker,
+                  results: list[StageResult], step: int, device: torch.device,
+                  started: float) -> tuple[dict[str, float], Path]:
+    """The trained model's test metrics and layer-fusion weights, logged to ``tracker``, and
+    the model directory it was saved to: ``(summary metrics, directory)``."""
+    weights = fusion_layer_weights(model, test_seqs.inputs, device)
+    if weights is not None:
+        log.info("learned layer-fusion weights (layer 0 = embeddings): %s", [round(w, 3) for w in weights])
+        tracker.log_metrics({f"fusion/layer_{i}_weight": w for i, w in enumerate(weights)}, step)
+    test = evaluate_ranking(model, test_seqs, config.eval, seed=config.seed, device=device)
+    test_metrics = {f"test/{k}": v for k, v in test.items()}
+    summary = {**test_metrics, "time/total_seconds": time.perf_counter() - started}
+    for r in results:
+        summary[f"time/{r.name}_seconds"] = r.seconds
+        summary[f"{r.name}/best_epoch"] = r.best_epoch
+        if r.train_seconds:
+            summary[f"{r.name}/mean_epoch_seconds"] = r.train_seconds / r.epochs_run
+    tracker.log_metrics(summary, step)
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    model_dir = Path(config.out_dir) / (tracker.run_id or f"run-{stamp}")
+    trained = dataclasses.replace(config, model=model.config)  # with the attention training left it in
+    extra = {RUN_CONFIG_FILE: json.dumps(trained.to_dict(), indent=2, sort_keys=True) + "\n",
+             METRICS_FILE: json.dumps(summary, indent=2, sort_keys=True) + "\n"}
+    model.save_pretrained(model_dir, vocab, extra=extra)
+    tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
+    tracker.log_text(format_metrics(test, config), "test_metrics.md")
+    return summary, model_dir
 
 
 @torch.no_grad()

@@ -6,7 +6,12 @@ loss (plus named parts such as a head and an auxiliary loss); :func:`fit` owns
 everything around it: train/eval modes (frozen parts stay in eval mode), the optimiser
 and schedule steps, gradient clipping, the finite-loss check at every step, validation
 every ``eval_every`` epochs, early stopping with the best weights restored, the time
-budget, a progress bar and the per-epoch record handed to a sink (MLflow)."""
+budget, a progress bar and the per-epoch record handed to a sink (MLflow).
+
+Under distributed training (a :class:`~recbert.runtime.DistributedContext` of several
+ranks) the training steps run through DistributedDataParallel, the per-epoch record holds
+the means over all ranks, and rank 0 validates and decides (best epoch, early stop, time
+budget) for all ranks, so that every rank keeps the same weights and stops together."""
 
 from __future__ import annotations
 
@@ -22,10 +27,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from recbert.errors import DivergenceError
+from recbert.runtime import DistributedContext, on_main
+from recbert.training.distributed import sum_over_ranks, sum_values_over_ranks, wrap_for_training
 from recbert.training.losses import check_finite_loss
 from recbert.training.optim import clip_gradients, set_train_modes
 
 log = logging.getLogger("recbert.train")
+COUNT = "_sequences"  # the key of the epoch's sequence count among the sums reduced over ranks
 
 
 @dataclass
@@ -88,16 +96,19 @@ class FitResult:
 
 def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler, settings: FitSettings,
-        validate: Optional[Validator] = None, sink: Optional[Sink] = None, step_offset: int = 0) -> FitResult:
+        validate: Optional[Validator] = None, sink: Optional[Sink] = None, step_offset: int = 0,
+        context: DistributedContext = DistributedContext()) -> FitResult:
     """Train ``model`` in place; on return it holds the best validated weights (the last
     ones without a validator). Record keys: ``{name}/loss``, ``{name}/{part}``,
     ``{name}/lr``, ``{name}/steps``, ``{name}/epoch_seconds``,
     ``{name}/sequences_per_second`` and the validator's metrics; the sink gets each
     record at step ``step_offset + epoch``. A NaN/inf loss or validation score raises
-    :class:`DivergenceError` naming the stage, epoch and step."""
+    :class:`DivergenceError` naming the stage, epoch and step. ``context``: the ranks that
+    train together (one process by default)."""
     name = objective.name
     sign = 1.0 if settings.higher_is_better else -1.0
     trainable = [p for p in model.parameters() if p.requires_grad]
+    net = wrap_for_training(model, context)  # what the training steps run through
     result = FitResult(name)
     best_state = None
     waited = 0
@@ -107,7 +118,7 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         model.eval()
         try:
             with torch.no_grad():
-                score, metrics = validate(model)
+                score, metrics = on_main(lambda: validate(model), context)
         except DivergenceError as exc:
             when = f"before {name}" if epoch == 0 else f"{name} diverged at epoch {epoch}"
             raise DivergenceError(f"model scores are not finite: {when} ({exc.detail})", exc.detail) from None
@@ -125,8 +136,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         bar = tqdm(objective.batches(epoch), total=objective.steps_per_epoch, desc=f"{name} {epoch}/{settings.epochs}",
                    leave=False, mininterval=1.0, disable=not settings.progress)
         for batch in bar:
-            step = objective.loss(model, batch)
-            check_finite_loss(step.total, name, epoch, steps + 1)
+            step = objective.loss(net, batch)
+            check_finite_loss(sum_over_ranks(step.total, context), name, epoch, steps + 1)
             optimizer.zero_grad(set_to_none=True)
             step.total.backward()
             if settings.grad_clip > 0:
@@ -140,6 +151,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
             if steps % 20 == 1:
                 bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", seq_s=f"{count / (time.perf_counter() - t0):.0f}")
         bar.close()
+        sums = sum_values_over_ranks({**sums, COUNT: float(count)}, context)
+        count = int(sums.pop(COUNT))
         epoch_seconds = time.perf_counter() - t0
         result.train_seconds += epoch_seconds
         result.sequences += count
@@ -169,7 +182,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         if not improved and waited >= settings.patience:
             result.stopped = f"early stop: no improvement in {settings.patience} evaluations"
             break
-        if settings.max_minutes is not None and time.perf_counter() - started > 60 * settings.max_minutes:
+        if settings.max_minutes is not None and on_main(lambda: time.perf_counter() - started > 60 *
+                                                        settings.max_minutes, context):
             result.stopped = f"time budget of {settings.max_minutes} min reached"
             break
     if best_state is not None:

@@ -14,6 +14,7 @@ from recbert.data.sequences import Splits
 from recbert.errors import ConfigError
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
 from recbert.model.recommender import SequenceRecommender
+from recbert.runtime import DistributedContext
 from recbert.training.loop import FitResult, FitSettings, fit
 from recbert.training.objectives import OBJECTIVES, build_objective
 from recbert.training.optim import lr_schedule, make_optimizer
@@ -37,17 +38,23 @@ def train_stage(
     device: torch.device | str = "cpu",
     sink: Optional[MetricSink] = None,
     step_offset: int = 0,
+    context: DistributedContext = DistributedContext(),
 ) -> FitResult:
     """Train ``model`` in place with ``stage.objective``; on return it holds the best
-    validation weights and its attention is the objective's (causal for next-item)."""
+    validation weights and its attention is the objective's (causal for next-item).
+    ``context``: the ranks that train together (data-parallel); rank 0 validates."""
     causal = OBJECTIVES[stage.objective].causal
     if causal and model.config.reuse_block != "none":
         raise ConfigError(
             f"model.reuse_block={model.config.reuse_block!r} reads the whole sequence, which would leak future "
             "items into next-item training; use it with the mlm objective, or set model.reuse_block=none")
+    if stage.lazy_item_updates and context.distributed:
+        raise ConfigError(f"{name}.lazy_item_updates (sparse item gradients) does not work with distributed "
+                          f"training yet ({context.world_size} processes); set {name}.lazy_item_updates=false "
+                          "or run one process")
     model.set_attention(causal)
     model.to(device)
-    objective = build_objective(name, stage, model, splits.train, seed, window_stride, device)
+    objective = build_objective(name, stage, model, splits.train, seed, window_stride, device, context)
     optimizer = make_optimizer(model, stage.lr, stage.weight_decay, lazy_items=stage.lazy_item_updates)
     schedule = lr_schedule(optimizer, max(1, stage.epochs * objective.steps_per_epoch), stage.warmup_ratio,
                            stage.schedule)
@@ -65,6 +72,6 @@ def train_stage(
                            grad_clip=stage.grad_clip, max_minutes=stage.max_minutes, progress=True)
     try:
         return fit(model, objective, optimizer, schedule, settings, validate if len(splits.val) else None, sink,
-                   step_offset)
+                   step_offset, context)
     finally:
         model.embeddings.item.sparse = False  # lazy updates end with the stage
