@@ -130,6 +130,9 @@ class StageConfig:
     gbce_t: float = 0.75  # gbce calibration t in [0, 1] (0: plain BCE over the sampled negatives)
     # sparse gradients + SparseAdam for the item table: only the batch's items move (sampled losses)
     lazy_item_updates: bool = False
+    # bf16: forward passes and losses under bfloat16 autocast (made for GPUs; float32 weights
+    # and optimiser); fp32: plain float32
+    precision: Literal["fp32", "bf16"] = "fp32"
     epochs: int = 0
     batch_size: int = 256
     lr: float = 1e-3

@@ -75,6 +75,9 @@ class FitSettings:
     higher_is_better: bool = True
     evaluate_first: bool = False  # validate before training: the start is the first "best"
     progress: bool = False  # a tqdm bar per epoch
+    # 'bf16': forward passes and losses under torch.autocast(bfloat16) on the model's device
+    # (the weights, optimiser and gradients stay float32); 'fp32': plain float32
+    precision: str = "fp32"
 
 
 @dataclass
@@ -109,6 +112,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
     sign = 1.0 if settings.higher_is_better else -1.0
     trainable = [p for p in model.parameters() if p.requires_grad]
     net = wrap_for_training(model, context)  # what the training steps run through
+    device_type = next(model.parameters()).device.type
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
     result = FitResult(name)
     best_state = None
     waited = 0
@@ -136,7 +141,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         bar = tqdm(objective.batches(epoch), total=objective.steps_per_epoch, desc=f"{name} {epoch}/{settings.epochs}",
                    leave=False, mininterval=1.0, disable=not settings.progress)
         for batch in bar:
-            step = objective.loss(net, batch)
+            with autocast:
+                step = objective.loss(net, batch)
             check_finite_loss(sum_over_ranks(step.total, context), name, epoch, steps + 1)
             optimizer.zero_grad(set_to_none=True)
             step.total.backward()

@@ -69,7 +69,8 @@ def train_stage(
     if len(splits.val) == 0:
         log.warning("%s: no validation users; early stopping is off and the last weights are kept", name)
     settings = FitSettings(epochs=stage.epochs, patience=stage.patience, eval_every=stage.eval_every,
-                           grad_clip=stage.grad_clip, max_minutes=stage.max_minutes, progress=True)
+                           grad_clip=stage.grad_clip, max_minutes=stage.max_minutes, progress=True,
+                           precision=stage.precision)
     try:
         return fit(model, objective, optimizer, schedule, settings, validate if len(splits.val) else None, sink,
                    step_offset, context)

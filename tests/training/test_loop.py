@@ -91,3 +91,22 @@ def test_a_non_finite_loss_stops_before_it_reaches_the_weights():
 
 def test_the_objective_registry_is_the_configs_list_of_objectives():
     assert tuple(OBJECTIVES) == typing.get_args(typing.get_type_hints(StageConfig)["objective"])
+
+
+def test_bf16_autocast_trains_with_float32_weights():
+    """precision='bf16' runs the objective under bfloat16 autocast (CPU stand-in for the GPU
+    path); the weights and their updates stay float32."""
+    model, opt, sched = make()
+    seen = []
+
+    class Probe(LineObjective):
+        def loss(self, m, batch):
+            seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+            return super().loss(m, batch)
+
+    res = fit(model, Probe(), opt, sched, FitSettings(epochs=5, grad_clip=0.0, precision="bf16"))
+    assert all(seen) and model.weight.dtype == torch.float32
+    assert abs(model.weight.item() - 3.0) < 0.1 and res.history[-1]["toy/loss"] < res.history[0]["toy/loss"]
+    model2, opt2, sched2 = make()
+    fit(model2, Probe(), opt2, sched2, FitSettings(epochs=1, grad_clip=0.0))
+    assert seen[-1] is False  # fp32 by default

@@ -133,3 +133,13 @@ def test_sampled_losses_learn_the_pattern_too(loss, epochs, t):
     from recbert.evaluation.ranking import evaluate_ranking
 
     assert evaluate_ranking(model, splits.test, EVAL)["all/hr@10"] > 0.8
+
+
+def test_bf16_autocast_trains_the_encoder():
+    """train.precision='bf16' (written for GPUs; CPU autocast here): finite, learning, float32 weights."""
+    model, splits = setup()
+    stage = StageConfig(objective="next_item", epochs=4, lr=3e-3, batch_size=64, patience=50, warmup_ratio=0.0,
+                        precision="bf16")
+    res = train_stage(model, splits, stage, EVAL, seed=0)
+    assert res.history[-1]["train/loss"] < res.history[0]["train/loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
