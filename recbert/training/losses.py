@@ -53,6 +53,10 @@ class LossContext:
     generator: Optional[torch.Generator] = None
     section: str = "train"  # the stage's config section, for messages
 
+    def counts(self) -> np.ndarray:
+        """The training item counts as float64, all ones when none were given."""
+        return np.asarray(self.item_counts if self.item_counts is not None else np.ones(self.n_items), np.float64)
+
 
 def full_softmax_loss(hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
     """Cross-entropy over the whole catalogue (every real item is a negative)."""
@@ -70,7 +74,7 @@ class NegativeSampler:
         self.m, self.n_items = stage.negatives, ctx.n_items
         self.generator = ctx.generator
         if stage.negative_sampler == "popularity":
-            counts = np.asarray(ctx.item_counts if ctx.item_counts is not None else np.ones(ctx.n_items), np.float64)
+            counts = ctx.counts()
             probs = (counts + 1.0) / (counts + 1.0).sum()  # +1: items unseen in training stay reachable
         else:
             probs = np.full(ctx.n_items, 1.0 / ctx.n_items)
@@ -113,8 +117,8 @@ class SampledSoftmaxLoss:
         self.sampler = NegativeSampler(ctx)
         self.in_batch = ctx.stage.in_batch_negatives
         self.logq = ctx.stage.logq_correction
-        counts = ctx.item_counts if ctx.item_counts is not None else np.ones(ctx.n_items)
-        self.popularity = torch.from_numpy(np.asarray(counts, np.float64) / max(float(np.sum(counts)), 1.0))
+        counts = ctx.counts()
+        self.popularity = torch.from_numpy(counts / max(float(counts.sum()), 1.0))
 
     def __call__(self, hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
         t = targets - N_SPECIAL

@@ -58,7 +58,7 @@ class WindowObjective:
         self.rng = np.random.default_rng(seed)  # the batch order: the same on every rank
         self.generator = torch.Generator().manual_seed(rank_seed(seed, self.rank))
         n_items = n_tokens - N_SPECIAL
-        counts = np.bincount(np.clip(train.items - N_SPECIAL, 0, None)[train.items >= N_SPECIAL], minlength=n_items)
+        counts = np.bincount(train.items[train.items >= N_SPECIAL] - N_SPECIAL, minlength=n_items)
         # its own generator: sampling negatives leaves the masking and batch order as they are
         negatives = torch.Generator().manual_seed(rank_seed(seed + 1, self.rank))
         self.loss_fn = build_loss(LossContext(stage, n_items, counts, negatives, name))
@@ -83,6 +83,9 @@ class WindowObjective:
         hidden, targets = gather_targets(out.sequence_output, labels)
         return StepLoss(self.loss_fn(hidden, targets, unwrap(model).scorer), n=len(inputs))
 
+    def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
+        return self.item_loss(model, *batch)
+
 
 class MaskedItemObjective(WindowObjective):
     """Cloze: ``stage.mask_prob`` of the tokens (and ``last_item_mask_prob`` of the rows:
@@ -94,9 +97,6 @@ class MaskedItemObjective(WindowObjective):
                                          self.stage.last_item_mask_prob, self.generator)
             yield inputs.to(self.device), labels.to(self.device)
 
-    def loss(self, model: SequenceRecommender, batch) -> StepLoss:
-        return self.item_loss(model, *batch)
-
 
 class NextItemObjective(WindowObjective):
     """Causal next-item prediction with a target at every position."""
@@ -107,9 +107,6 @@ class NextItemObjective(WindowObjective):
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for rows in self.rows(epoch):
             yield next_item_pairs(rows)
-
-    def loss(self, model: SequenceRecommender, batch) -> StepLoss:
-        return self.item_loss(model, *batch)
 
 
 OBJECTIVES: dict[str, type[WindowObjective]] = {"mlm": MaskedItemObjective, "next_item": NextItemObjective}
