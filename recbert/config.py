@@ -55,6 +55,14 @@ class DataConfig:
     time_val_fraction: float = 0.1  # global time split: share of events after the val cut
     time_test_fraction: float = 0.1  # ... and after the test cut
     window_stride: Optional[int] = None  # long histories -> windows every `stride` events (None = max_len)
+    # Out-of-core: a folder of per-user sequence shards (parquet). When set, training reads
+    # them through a streaming dataset instead of holding the sequences in memory; they are
+    # written there from `events` first (polars streaming) unless they are already there
+    # for the same events and settings.
+    shards: Optional[str] = None
+    shard_events: int = 2_000_000  # events per shard while writing: bounds the writer's memory
+    shuffle_buffer_batches: int = 64  # streaming: windows are shuffled within this many batches
+    loader_workers: int = 0  # streaming: DataLoader worker processes reading the shards (0: in the trainer)
 
     def __post_init__(self) -> None:
         if self.min_item_count < 1:
@@ -69,6 +77,14 @@ class DataConfig:
                 raise ConfigError(f"data.{name} must be in (0, 0.5), got {v}")
         if self.window_stride is not None and self.window_stride < 1:
             raise ConfigError(f"data.window_stride must be >= 1, got {self.window_stride}")
+        for name in ("shard_events", "shuffle_buffer_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.loader_workers < 0:
+            raise ConfigError(f"data.loader_workers must be >= 0, got {self.loader_workers}")
+        if self.shards is not None and self.split != "leave_one_out":
+            raise ConfigError(f"data.shards (streaming) supports data.split = 'leave_one_out' only, got "
+                              f"{self.split!r}; unset data.shards to use the time split in memory")
 
 
 @dataclass(frozen=True)

@@ -111,14 +111,15 @@ def _time_expr(name: str, dtype: pl.DataType, where: str) -> pl.Expr:
     raise DataError(f"{where}: column {name!r} (timestamp) must be integer, float, date or datetime, found {dtype}")
 
 
-def load_events(
+def canonical_events(
     source: EventSource,
     user_col: str = USER,
     item_col: str = ITEM,
     time_col: str = TIME,
-) -> pl.DataFrame:
-    """Validated events with columns ``user_id``, ``item_id``, ``timestamp``,
-    in file order, exact duplicates removed."""
+) -> tuple[pl.LazyFrame, str]:
+    """A lazy frame of ``source`` with the canonical columns ``user_id``, ``item_id``,
+    ``timestamp`` (checked: present, of usable types), and the source's name for messages.
+    Nothing is read beyond the schema; :func:`check_events` checks the values."""
     lf, where = _as_lazy(source)
     schema = lf.collect_schema()
     missing = [c for c in (user_col, item_col, time_col) if c not in schema]
@@ -132,18 +133,43 @@ def load_events(
         _id_expr(item_col, schema[item_col], where, "item id").alias(ITEM),
         _time_expr(time_col, schema[time_col], where).alias(TIME),
     ]
-    df = lf.select(exprs).collect(engine="streaming")
-    if df.height == 0:
+    return lf.select(exprs), where
+
+
+def check_events(events: pl.LazyFrame | pl.DataFrame, where: str, user_col: str = USER, item_col: str = ITEM,
+                 time_col: str = TIME) -> int:
+    """The number of events of canonical ``events``, after checking in one (streaming)
+    pass that there are some, with no nulls and no non-finite times; each problem is a
+    :class:`DataError` naming ``where`` and the column as the user named it."""
+    lf = events.lazy()
+    float_time = lf.collect_schema()[TIME] == pl.Float64
+    checks = [pl.len().alias("_rows"), *(pl.col(c).null_count() for c in (USER, ITEM, TIME))]
+    if float_time:
+        checks.append((~pl.col(TIME).is_finite()).sum().alias("_non_finite"))
+    row = lf.select(checks).collect(engine="streaming").row(0, named=True)
+    if row["_rows"] == 0:
         raise DataError(f"{where}: holds no events")
-    nulls = {c: n for c, n in zip(df.columns, df.null_count().row(0)) if n}
+    named = {USER: user_col, ITEM: item_col, TIME: time_col}
+    nulls = {c: row[c] for c in (USER, ITEM, TIME) if row[c]}
     if nulls:
-        named = {USER: user_col, ITEM: item_col, TIME: time_col}
         parts = ", ".join(f"{n} null value(s) in column {named[c]!r}" for c, n in nulls.items())
-        raise DataError(f"{where}: {parts} (of {df.height} rows); drop or fill them before import")
-    if df.schema[TIME] == pl.Float64:
-        bad = df.filter(~pl.col(TIME).is_finite()).height
-        if bad:
-            raise DataError(f"{where}: {bad} non-finite value(s) in column {time_col!r}")
+        raise DataError(f"{where}: {parts} (of {row['_rows']} rows); drop or fill them before import")
+    if float_time and row["_non_finite"]:
+        raise DataError(f"{where}: {row['_non_finite']} non-finite value(s) in column {time_col!r}")
+    return int(row["_rows"])
+
+
+def load_events(
+    source: EventSource,
+    user_col: str = USER,
+    item_col: str = ITEM,
+    time_col: str = TIME,
+) -> pl.DataFrame:
+    """Validated events with columns ``user_id``, ``item_id``, ``timestamp``,
+    in file order, exact duplicates removed."""
+    lf, where = canonical_events(source, user_col, item_col, time_col)
+    df = lf.collect(engine="streaming")
+    check_events(df, where, user_col, item_col, time_col)
     before = df.height
     df = df.unique(maintain_order=True)
     if df.height < before:

@@ -1,6 +1,7 @@
 """Events to training-ready splits in one call: load and check the events file, build
 (or reuse) the item vocabulary, group per-user sequences, and split them as the run
-config says (leave-one-out or a global time split)."""
+config says (leave-one-out or a global time split); or, with ``data.shards``, write (or
+reuse) sequence shards for streamed training (:mod:`recbert.data.shards`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from typing import Optional
 from recbert.config import RunConfig
 from recbert.data.events import EventSource, load_events
 from recbert.data.sequences import Splits, build_sequences, leave_one_out, time_split
+from recbert.data.shards import ensure_shards
 from recbert.data.vocab import UNK, ItemVocab
+from recbert.errors import DataError
 
 log = logging.getLogger("recbert.data")
 
@@ -19,6 +22,8 @@ def prepare_data(config: RunConfig, events: Optional[EventSource] = None,
                  vocab: Optional[ItemVocab] = None) -> tuple[ItemVocab, Splits]:
     """Load events, build (or reuse) the vocabulary, and split."""
     d = config.data
+    if d.shards is not None:
+        return prepare_shards(config, events, vocab)
     df = load_events(events if events is not None else d.events, d.user_col, d.item_col, d.time_col)
     if vocab is None:
         vocab = ItemVocab.build(df["item_id"], d.min_item_count, d.max_items)
@@ -32,3 +37,20 @@ def prepare_data(config: RunConfig, events: Optional[EventSource] = None,
     log.info("%d events, %d users, %d items; %d train sequences, %d val and %d test users",
              df.height, len(seqs), vocab.n_items, len(splits.train), len(splits.val), len(splits.test))
     return vocab, splits
+
+
+def prepare_shards(config: RunConfig, events: Optional[EventSource] = None,
+                   vocab: Optional[ItemVocab] = None) -> tuple[ItemVocab, Splits]:
+    """The out-of-core path (``data.shards``): sequence shards written (or reused) from the
+    events, training streamed from them; the validation and test users are read into
+    memory. A given ``vocab`` must be the one the shards were written with."""
+    d = config.data
+    shards = ensure_shards(events if events is not None else d.events, d)
+    shard_vocab = shards.vocab()
+    if vocab is not None and vocab != shard_vocab:
+        raise DataError(f"the shards in {shards.directory} were written with another item vocabulary than the "
+                        "model's; name a new data.shards folder to write them with the model's")
+    splits = Splits(shards, shards.eval_set("val"), shards.eval_set("test"))
+    log.info("%d events, %d users, %d items in %d shard(s); %d val and %d test users", shards.n_events,
+             shards.n_users, shard_vocab.n_items, len(shards.files), len(splits.val), len(splits.test))
+    return shard_vocab, splits

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -68,7 +69,7 @@ class EvalSet:
 
 @dataclass
 class Splits:
-    train: Sequences
+    train: Any  # Sequences, or a ShardSet (recbert.data.shards) that training streams from disk
     val: EvalSet
     test: EvalSet
 

@@ -25,6 +25,20 @@ PAD, MASK, UNK = 0, 1, 2
 N_SPECIAL = 3
 
 
+def item_counts(events: pl.DataFrame | pl.LazyFrame, item: str = "item", order: str = "order") -> pl.DataFrame:
+    """``item``, ``n`` (events) and ``order`` (the smallest ``order`` value, i.e. the first
+    appearance) per item of ``events``; the parts of a large log can be counted apart and
+    merged with :func:`merge_item_counts`."""
+    return (events.lazy().group_by(pl.col(item).alias("item"))
+            .agg(pl.len().cast(pl.Int64).alias("n"), pl.col(order).min().cast(pl.Int64).alias("order"))
+            .collect())
+
+
+def merge_item_counts(*parts: pl.DataFrame) -> pl.DataFrame:
+    """Counts of several parts of a log as one :func:`item_counts` table."""
+    return pl.concat(parts).group_by("item").agg(pl.col("n").sum(), pl.col("order").min())
+
+
 class ItemVocab:
     """Maps original ids (all ints or all strings) to token indices and back."""
 
@@ -43,14 +57,13 @@ class ItemVocab:
     def build(cls, items: pl.Series, min_count: int = 1, max_items: int | None = None) -> "ItemVocab":
         """The items seen at least ``min_count`` times, at most the ``max_items`` most
         frequent of them (None: no cap)."""
-        counts = (
-            items.to_frame("item")
-            .with_row_index("order")
-            .group_by("item")
-            .agg(pl.len().alias("n"), pl.col("order").min())
-            .filter(pl.col("n") >= min_count)
-            .sort(["n", "order"], descending=[True, False])
-        )
+        return cls.from_counts(item_counts(items.to_frame("item").with_row_index("order")), min_count, max_items)
+
+    @classmethod
+    def from_counts(cls, counts: pl.DataFrame, min_count: int = 1, max_items: int | None = None) -> "ItemVocab":
+        """The vocabulary of ``counts`` (columns ``item``, ``n`` events, ``order`` of first
+        appearance, as :func:`item_counts` gives them, possibly merged over parts)."""
+        counts = counts.filter(pl.col("n") >= min_count).sort(["n", "order"], descending=[True, False])
         if max_items is not None:
             counts = counts.head(max_items)
         return cls(counts["item"].to_numpy(), counts["n"].to_numpy())

@@ -92,7 +92,7 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
             if stage.epochs == 0:
                 continue
             res = train_stage(model, splits, stage, config.eval, name=name, seed=config.seed,
-                              window_stride=config.data.window_stride, device=device,
+                              data=config.data, device=device,
                               sink=tracker.log_metrics, step_offset=step, context=context)
             step += res.epochs_run
             results.append(res)

@@ -4,25 +4,22 @@
 * ``next_item``: causal (SASRec-style), a target at every position.
 
 Both read the training sequences as windows of at most ``max_len`` (+1 for next-item)
-events, batched by similar length in a seeded random order per epoch, and compute the
-catalogue loss only where a target sits. Under distributed training the epoch's order and
-its global batches are the same on every rank, and each rank trains on its share of every
-global batch. ``OBJECTIVES`` is the registry: the config's ``objective`` choices and the
+events, batched by similar length in a seeded random order per epoch, from memory or
+streamed from sequence shards (:mod:`recbert.data.window_sources`), and compute the
+catalogue loss only where a target sits. Under distributed training every rank takes the
+same number of steps, each on its own share of the epoch's windows. ``OBJECTIVES`` is the registry: the config's ``objective`` choices and the
 builder derive from it."""
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Iterator
 
-import numpy as np
 import torch
 
-from recbert.config import StageConfig
-from recbert.data.batches import (global_batch_bounds, left_pad, length_grouped_order, mask_tokens, next_item_pairs,
-                                  training_windows)
-from recbert.data.sequences import Sequences
+from recbert.config import DataConfig, StageConfig
+from recbert.data.batches import mask_tokens, next_item_pairs
 from recbert.data.vocab import N_SPECIAL
-from recbert.errors import ConfigError
+from recbert.data.window_sources import TrainData, window_source
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, rank_seed
 from recbert.training.distributed import unwrap
@@ -31,52 +28,36 @@ from recbert.training.losses import LossContext, build_loss, gather_targets
 
 
 class WindowObjective:
-    """Shared machinery: windows of the training sequences, length-grouped global batches
-    of ``batch_size`` windows, of which this process (rank ``context.rank``) takes every
-    ``world_size``-th row."""
+    """Shared machinery: the training windows of this process (rank ``context.rank``) from
+    a :class:`~recbert.data.window_sources.WindowSource` over ``train`` (sequences in memory
+    or streamed shards), and the catalogue loss of their targets."""
 
     causal: bool = False
     min_len: int = 1
 
-    def __init__(self, name: str, train: Sequences, max_len: int, n_tokens: int, stage: StageConfig, seed: int = 0,
-                 window_stride: Optional[int] = None, device: torch.device | str = "cpu",
+    def __init__(self, name: str, train: TrainData, max_len: int, n_tokens: int, stage: StageConfig, seed: int = 0,
+                 data: DataConfig = DataConfig(), device: torch.device | str = "cpu",
                  context: DistributedContext = DistributedContext()):
         self.name = name
         self.stage = stage
         self.n_tokens = n_tokens
         self.span = max_len + 1 if self.causal else max_len
-        self.items = train.items
-        self.windows = training_windows(train, self.span, window_stride or max_len, min_len=self.min_len)
-        self.batch_size = stage.batch_size
-        self.rank, self.world_size = context.rank, context.world_size
-        if self.world_size > 1 and len(self.windows) < self.world_size:
-            raise ConfigError(f"{name}: {len(self.windows)} training windows cannot be shared by {self.world_size} "
-                              "processes; start fewer (torchrun --nproc_per_node) or train on more data")
-        self.bounds = global_batch_bounds(len(self.windows), self.batch_size, self.world_size)
-        self.steps_per_epoch = len(self.bounds)
+        self.source = window_source(train, self.span, data.window_stride or max_len, self.min_len, stage.batch_size,
+                                    seed, context.rank, context.world_size, name, data)
+        self.steps_per_epoch = self.source.steps_per_epoch
         self.device = torch.device(device)
-        self.rng = np.random.default_rng(seed)  # the batch order: the same on every rank
-        self.generator = torch.Generator().manual_seed(rank_seed(seed, self.rank))
+        self.generator = torch.Generator().manual_seed(rank_seed(seed, context.rank))
         n_items = n_tokens - N_SPECIAL
-        counts = np.bincount(train.items[train.items >= N_SPECIAL] - N_SPECIAL, minlength=n_items)
         # its own generator: sampling negatives leaves the masking and batch order as they are
-        negatives = torch.Generator().manual_seed(rank_seed(seed + 1, self.rank))
-        self.loss_fn = build_loss(LossContext(stage, n_items, counts, negatives, name))
+        negatives = torch.Generator().manual_seed(rank_seed(seed + 1, context.rank))
+        self.loss_fn = build_loss(LossContext(stage, n_items, self.source.item_counts(n_items), negatives, name))
 
     def __len__(self) -> int:
-        return len(self.windows)
-
-    def batch_windows(self, epoch: int) -> Iterator[np.ndarray]:
-        """The window indices this rank trains on at each step of epoch ``epoch``: its rows
-        of each global batch (all of them in a single process)."""
-        order = length_grouped_order(self.windows.ends - self.windows.starts, self.batch_size, self.rng)
-        for start, stop in self.bounds:
-            yield order[start:stop][self.rank::self.world_size]
+        return len(self.source)
 
     def rows(self, epoch: int) -> Iterator[torch.Tensor]:
-        for idx in self.batch_windows(epoch):
-            yield torch.from_numpy(left_pad(self.items, self.windows.starts[idx], self.windows.ends[idx],
-                                            self.span)).to(self.device)
+        for rows in self.source.rows(epoch):
+            yield rows.to(self.device)
 
     def item_loss(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor) -> StepLoss:
         out = model(inputs, causal=self.causal)
@@ -112,10 +93,10 @@ class NextItemObjective(WindowObjective):
 OBJECTIVES: dict[str, type[WindowObjective]] = {"mlm": MaskedItemObjective, "next_item": NextItemObjective}
 
 
-def build_objective(name: str, stage: StageConfig, model: SequenceRecommender, train: Sequences, seed: int = 0,
-                    window_stride: Optional[int] = None, device: torch.device | str = "cpu",
+def build_objective(name: str, stage: StageConfig, model: SequenceRecommender, train: TrainData, seed: int = 0,
+                    data: DataConfig = DataConfig(), device: torch.device | str = "cpu",
                     context: DistributedContext = DistributedContext()) -> WindowObjective:
     """The objective ``stage.objective`` over ``train``, named ``name`` (the stage), for
     the rank of ``context``."""
     return OBJECTIVES[stage.objective](name, train, model.config.max_len, model.config.n_tokens, stage, seed,
-                                       window_stride, device, context)
+                                       data, device, context)

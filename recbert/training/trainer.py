@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import torch
 
-from recbert.config import EvalConfig, StageConfig
+from recbert.config import DataConfig, EvalConfig, StageConfig
 from recbert.data.sequences import Splits
 from recbert.errors import ConfigError
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
@@ -34,7 +34,7 @@ def train_stage(
     eval_config: EvalConfig,
     name: str = "train",
     seed: int = 0,
-    window_stride: Optional[int] = None,
+    data: DataConfig = DataConfig(),
     device: torch.device | str = "cpu",
     sink: Optional[MetricSink] = None,
     step_offset: int = 0,
@@ -54,7 +54,7 @@ def train_stage(
                           "or run one process")
     model.set_attention(causal)
     model.to(device)
-    objective = build_objective(name, stage, model, splits.train, seed, window_stride, device, context)
+    objective = build_objective(name, stage, model, splits.train, seed, data, device, context)
     optimizer = make_optimizer(model, stage.lr, stage.weight_decay, lazy_items=stage.lazy_item_updates)
     schedule = lr_schedule(optimizer, max(1, stage.epochs * objective.steps_per_epoch), stage.warmup_ratio,
                            stage.schedule)

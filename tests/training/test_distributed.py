@@ -24,7 +24,8 @@ from recbert.data.vocab import ItemVocab
 from recbert.errors import ConfigError
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, distributed
-from recbert.training.objectives import WindowObjective, build_objective
+from recbert.data.window_sources import MemoryWindows
+from recbert.training.objectives import build_objective
 from recbert.training.trainer import train_stage
 from tests.conftest import REPO, cyclic_events
 
@@ -58,14 +59,14 @@ def train_worker(rank: int, port: int, out: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     seen: list[list[int]] = []
-    batch_windows = WindowObjective.batch_windows
+    batch_windows = MemoryWindows.batch_windows
 
     def recorded(self, epoch):
         for idx in batch_windows(self, epoch):
             seen.append([epoch, *idx.tolist()])
             yield idx
 
-    WindowObjective.batch_windows = recorded
+    MemoryWindows.batch_windows = recorded
     with distributed("cpu") as context:
         model, splits = setup()
         res = train_stage(model, splits, STAGE, EVAL, context=context)
