@@ -21,7 +21,7 @@ from recbert.config import StageConfig
 from recbert.data.batches import (global_batch_bounds, left_pad, length_grouped_order, mask_tokens, next_item_pairs,
                                   training_windows)
 from recbert.data.sequences import Sequences
-from recbert.data.vocab import N_SPECIAL
+from recbert.data.vocab import catalogue_size, item_index
 from recbert.errors import ConfigError
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, rank_seed
@@ -40,7 +40,7 @@ class WindowObjective:
 
     def __init__(self, name: str, train: Sequences, max_len: int, n_tokens: int, stage: StageConfig, seed: int = 0,
                  window_stride: Optional[int] = None, device: torch.device | str = "cpu",
-                 context: DistributedContext = DistributedContext()):
+                 context: DistributedContext = DistributedContext(), hash_buckets: int = 0):
         self.name = name
         self.stage = stage
         self.n_tokens = n_tokens
@@ -57,8 +57,9 @@ class WindowObjective:
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)  # the batch order: the same on every rank
         self.generator = torch.Generator().manual_seed(rank_seed(seed, self.rank))
-        n_items = n_tokens - N_SPECIAL
-        counts = np.bincount(train.items[train.items >= N_SPECIAL] - N_SPECIAL, minlength=n_items)
+        self.n_items = n_items = catalogue_size(n_tokens, hash_buckets)
+        items = item_index(train.items, n_items)
+        counts = np.bincount(items[items >= 0], minlength=n_items)
         # its own generator: sampling negatives leaves the masking and batch order as they are
         negatives = torch.Generator().manual_seed(rank_seed(seed + 1, self.rank))
         self.loss_fn = build_loss(LossContext(stage, n_items, counts, negatives, name))
@@ -80,7 +81,9 @@ class WindowObjective:
 
     def item_loss(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor) -> StepLoss:
         out = model(inputs, causal=self.causal)
-        hidden, targets = gather_targets(out.sequence_output, labels)
+        hidden, targets = gather_targets(out.sequence_output, labels, self.n_items)
+        if targets.numel() == 0:  # every target is UNK or a hash bucket
+            return StepLoss(out.sequence_output.sum() * 0.0, n=len(inputs))
         return StepLoss(self.loss_fn(hidden, targets, unwrap(model).scorer), n=len(inputs))
 
     def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
@@ -118,4 +121,4 @@ def build_objective(name: str, stage: StageConfig, model: SequenceRecommender, t
     """The objective ``stage.objective`` over ``train``, named ``name`` (the stage), for
     the rank of ``context``."""
     return OBJECTIVES[stage.objective](name, train, model.config.max_len, model.config.n_tokens, stage, seed,
-                                       window_stride, device, context)
+                                       window_stride, device, context, model.config.hash_buckets)
