@@ -31,7 +31,6 @@ from recbert.config import RunConfig  # noqa: E402
 from recbert.data.generate import GeneratorConfig, generate_events, load_successors  # noqa: E402
 from recbert.data.prepare import prepare_data  # noqa: E402
 from recbert.data.sequences import EvalSet  # noqa: E402
-from recbert.data.vocab import N_SPECIAL  # noqa: E402
 from recbert.evaluation.ranking import evaluate_ranking  # noqa: E402
 from recbert.jobs.train import build_model  # noqa: E402
 from recbert.allocator import allocator_name, reexec_with_fast_allocator  # noqa: E402
@@ -55,7 +54,7 @@ def pattern_targets(eval_set: EvalSet, vocab, successor: np.ndarray) -> np.ndarr
     last = eval_set.inputs.items[eval_set.inputs.offsets[1:] - 1]
     last_id = vocab.decode(last)
     target_id = vocab.decode(eval_set.targets)
-    ok = (last >= N_SPECIAL) & (eval_set.targets >= N_SPECIAL) & (eval_set.inputs.lengths > 0)
+    ok = vocab.is_item(last) & vocab.is_item(eval_set.targets) & (eval_set.inputs.lengths > 0)
     ids = np.asarray(last_id, dtype=np.int64)
     return ok & (successor[np.clip(ids, 0, len(successor) - 1)] == np.asarray(target_id, dtype=np.int64))
 

@@ -137,6 +137,11 @@ def _model_dir(model_dir: Path | None, run_id: str | None) -> Path:
     return resolve_model_dir(model_dir, run_id)
 
 
+def _unknown_note(n: int, hash_buckets: int) -> str:
+    where = "their hash buckets" if hash_buckets else "[UNK]"
+    return f"note: {n} unknown item id(s) scored as {where}"
+
+
 model_options = [
     click.option("--run-id", help="MLflow run id whose logged model to use."),
     click.option("--model-dir", type=click.Path(path_type=Path), help="A saved model directory."),
@@ -179,7 +184,6 @@ def evaluate(run_id: str | None, model_dir: Path | None, events: str | None, spl
 @click.option("--keep-seen", is_flag=True, help="Allow items already in the history.")
 def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int, keep_seen: bool) -> None:
     """Score an ad-hoc history (a new user's sequence) and print the top-k items."""
-    from recbert.data.vocab import UNK
     from recbert.model.recommender import SequenceRecommender
 
     model = SequenceRecommender.from_pretrained(_model_dir(model_dir, run_id))
@@ -189,9 +193,9 @@ def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int
         if bad:
             raise RecbertError(f"item ids {bad[:5]} are not integers, but this model's item ids are")
         history = [int(s) for s in history]
-    unknown = int((model.vocab.encode(history) == UNK).sum()) if history else 0
+    unknown = int((~model.vocab.is_item(model.vocab.encode(history))).sum()) if history else 0
     if unknown:
-        click.echo(f"note: {unknown} unknown item id(s) scored as [UNK]", err=True)
+        click.echo(_unknown_note(unknown, model.vocab.hash_buckets), err=True)
     ids, scores = model.recommend([history], k=top_k, exclude_seen=not keep_seen)
     for rank, (i, s) in enumerate(zip(ids[0], scores[0]), 1):
         click.echo(f"{rank}\t{i}\t{s:.4f}")
@@ -296,7 +300,7 @@ def index_query(run_id, model_dir, index_dir, user_id, items, events, top_k, kee
     ids, scores, info = run_index_query(_model_dir(model_dir, run_id), index_dir, top_k, user_id, session, events,
                                         not keep_seen)
     if info.get("unknown_items"):
-        click.echo(f"note: {info['unknown_items']} unknown item id(s) scored as [UNK]", err=True)
+        click.echo(_unknown_note(info["unknown_items"], info["hash_buckets"]), err=True)
     for rank, (i, s) in enumerate(zip(ids, scores), 1):
         click.echo(f"{rank}\t{i}\t{s:.4f}")
 

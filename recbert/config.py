@@ -48,8 +48,11 @@ class DataConfig:
     # columns (scalar or list values), e.g. Beauty's brand/category attributes.
     item_features: Optional[str] = None
     item_feature_columns: list[str] = field(default_factory=list)
-    min_item_count: int = 1  # rarer items map to the UNK bucket
+    min_item_count: int = 1  # rarer items have no token: they map to UNK (or a hash bucket)
     max_items: Optional[int] = None  # vocabulary cap: only the most frequent items get a token, the rest UNK
+    # > 0: items without a token (beyond the cap, under the min count, unseen) go to one of this
+    # many shared input tokens by a stable hash of their id instead of UNK (never scored or recommended)
+    hash_buckets: int = 0
     min_user_events: int = 2  # users with fewer events are dropped (logged)
     split: Literal["leave_one_out", "time"] = "leave_one_out"
     time_val_fraction: float = 0.1  # global time split: share of events after the val cut
@@ -69,6 +72,9 @@ class DataConfig:
             raise ConfigError(f"data.min_item_count must be >= 1, got {self.min_item_count}")
         if self.max_items is not None and self.max_items < 1:
             raise ConfigError(f"data.max_items (the vocabulary cap) must be >= 1 or unset, got {self.max_items}")
+        if self.hash_buckets < 0:
+            raise ConfigError(f"data.hash_buckets must be >= 0 (0 = off: items without a token read as UNK), "
+                              f"got {self.hash_buckets}")
         if self.min_user_events < 1:
             raise ConfigError(f"data.min_user_events must be >= 1, got {self.min_user_events}")
         for name in ("time_val_fraction", "time_test_fraction"):
@@ -111,7 +117,8 @@ class ModelConfig:
     reuse_block: ReuseBlock = "none"
     reuse_kernel_size: int = 3  # reuse_block='cnn': width of the same-length 1-D convolution
     init_std: float = 0.02
-    n_tokens: int = 0  # vocabulary size incl. PAD/MASK/UNK, filled from the vocabulary
+    n_tokens: int = 0  # vocabulary size incl. PAD/MASK/UNK and hash buckets, filled from the vocabulary
+    hash_buckets: int = 0  # of those, the input-only hash-bucket tokens (data.hash_buckets), filled likewise
     feature_cardinalities: dict[str, int] = field(default_factory=dict)  # values per side feature
     feature_widths: dict[str, int] = field(default_factory=dict)  # max values per item per feature
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from recbert.data.vocab import ItemVocab
+from recbert.data.vocab import N_SPECIAL, ItemVocab
 from recbert.errors import DataError
 
 MAX_VALUES_PER_ITEM = 32
@@ -36,6 +36,7 @@ def load_item_features(path: str | Path, item_col: str, columns: list[str], voca
         raise DataError(f"{p}: missing column(s) {missing}; found {list(schema.names())}")
     df = lf.select([item_col, *columns]).collect()
     tokens = vocab.encode(df[item_col])
+    real = pl.col("token").is_between(N_SPECIAL, vocab.first_bucket, closed="left")  # UNK, buckets: no features
     out = []
     for col in columns:
         values = df.select(pl.Series("token", tokens), pl.col(col).alias("v"))
@@ -43,7 +44,7 @@ def load_item_features(path: str | Path, item_col: str, columns: list[str], voca
             values = values.explode("v")
         elif isinstance(schema[col], (pl.Struct, pl.Array)):
             raise DataError(f"{p}: feature column {col!r} must hold scalars or lists, found {schema[col]}")
-        values = values.drop_nulls().filter(pl.col("token") >= 3).with_columns(pl.col("v").cast(pl.String))
+        values = values.drop_nulls().filter(real).with_columns(pl.col("v").cast(pl.String))
         codes = values["v"].unique(maintain_order=True)
         values = values.with_columns(
             pl.col("v").replace_strict(codes, pl.int_range(1, len(codes) + 1, eager=True)).alias("code"),

@@ -26,16 +26,20 @@ def prepare_data(config: RunConfig, events: Optional[EventSource] = None,
         return prepare_shards(config, events, vocab)
     df = load_events(events if events is not None else d.events, d.user_col, d.item_col, d.time_col)
     if vocab is None:
-        vocab = ItemVocab.build(df["item_id"], d.min_item_count, d.max_items)
+        vocab = ItemVocab.build(df["item_id"], d.min_item_count, d.max_items, d.hash_buckets)
     seqs = build_sequences(df, vocab, d.min_user_events)
     unk = int((seqs.items == UNK).sum())
-    if unk:
-        log.info("%d of %d events (%.1f%%) are items without a token (rarer than data.min_item_count, beyond "
-                 "data.max_items, or unseen): they read as [UNK]", unk, len(seqs.items), 100 * unk / len(seqs.items))
+    hashed = int((seqs.items >= vocab.first_bucket).sum())
+    for n, where in ((unk, "[UNK]"), (hashed, f"one of the {vocab.hash_buckets} hash buckets (data.hash_buckets)")):
+        if n:
+            log.info("%d of %d events (%.1f%%) are items without a token (rarer than data.min_item_count, beyond "
+                     "data.max_items, or unseen): they read as %s", n, len(seqs.items), 100 * n / len(seqs.items),
+                     where)
     splits = leave_one_out(seqs) if d.split == "leave_one_out" else time_split(
         seqs, d.time_val_fraction, d.time_test_fraction)
-    log.info("%d events, %d users, %d items; %d train sequences, %d val and %d test users",
-             df.height, len(seqs), vocab.n_items, len(splits.train), len(splits.val), len(splits.test))
+    buckets = f" + {vocab.hash_buckets} hash buckets" if vocab.hash_buckets else ""
+    log.info("%d events, %d users, %d items%s; %d train sequences, %d val and %d test users",
+             df.height, len(seqs), vocab.n_items, buckets, len(splits.train), len(splits.val), len(splits.test))
     return vocab, splits
 
 

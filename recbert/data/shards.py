@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from recbert.config import DataConfig
 from recbert.data.events import ITEM, TIME, USER, EventSource, canonical_events, check_events
 from recbert.data.sequences import EvalSet, Sequences
-from recbert.data.vocab import N_SPECIAL, ItemVocab, item_counts, merge_item_counts
+from recbert.data.vocab import ItemVocab, item_counts, item_index, merge_item_counts
 from recbert.errors import DataError
 from recbert.io import atomic_dir
 
@@ -54,8 +54,8 @@ ROW_GROUP_USERS = 4096
 FORMAT = 1
 ORDER, BUCKET = "_order", "_bucket"
 # the settings that change what the shards hold
-FINGERPRINT_SETTINGS = ("user_col", "item_col", "time_col", "min_item_count", "max_items", "min_user_events",
-                        "shard_events")
+FINGERPRINT_SETTINGS = ("user_col", "item_col", "time_col", "min_item_count", "max_items", "hash_buckets",
+                        "min_user_events", "shard_events")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class ShardSet:
         return ItemVocab.load(self.directory / VOCAB_FILE)
 
     def train_item_counts(self) -> np.ndarray:
-        """Events per item (token - N_SPECIAL) in the training part (all but each evaluated
+        """Events per real item (catalogue index) in the training part (all but each evaluated
         user's last two events)."""
         return np.load(self.directory / COUNTS_FILE, allow_pickle=False)
 
@@ -186,7 +186,7 @@ def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
         n_dupes = n_rows - int(counts["n"].sum())
         if n_dupes:
             log.info("%s: dropped %d exact duplicate event(s) of %d", where, n_dupes, n_rows)
-        vocab = ItemVocab.from_counts(counts, data.min_item_count, data.max_items)
+        vocab = ItemVocab.from_counts(counts, data.min_item_count, data.max_items, data.hash_buckets)
         vocab.save(tmp / VOCAB_FILE)
         del counts
         train_counts = np.zeros(vocab.n_items, dtype=np.int64)
@@ -250,7 +250,8 @@ def _add_train_counts(counts: np.ndarray, seqs: Sequences) -> None:
     """Add the events per item of the training part of ``seqs`` to ``counts``."""
     position = np.arange(len(seqs.items)) - np.repeat(seqs.offsets[:-1], seqs.lengths)
     tokens = seqs.items[position < np.repeat(train_lengths(seqs.lengths), seqs.lengths)]
-    counts += np.bincount(tokens[tokens >= N_SPECIAL] - N_SPECIAL, minlength=len(counts))
+    items = item_index(tokens, len(counts))
+    counts += np.bincount(items[items >= 0], minlength=len(counts))
 
 
 def _remove_tree(folder: Path) -> None:

@@ -17,7 +17,7 @@ from recbert.data.batches import global_batch_bounds, left_pad, length_grouped_o
 from recbert.data.sequences import Sequences
 from recbert.data.shards import ShardSet
 from recbert.data.streaming import ShardWindows
-from recbert.data.vocab import N_SPECIAL
+from recbert.data.vocab import item_index
 from recbert.errors import ConfigError
 
 TrainData = Union[Sequences, ShardSet]
@@ -66,7 +66,8 @@ class MemoryWindows:
             yield torch.from_numpy(left_pad(self.items, self.windows.starts[idx], self.windows.ends[idx], self.span))
 
     def item_counts(self, n_items: int) -> np.ndarray:
-        return np.bincount(self.items[self.items >= N_SPECIAL] - N_SPECIAL, minlength=n_items)
+        items = item_index(self.items, n_items)
+        return np.bincount(items[items >= 0], minlength=n_items)
 
 
 def window_source(train: TrainData, span: int, stride: int, min_len: int, batch_size: int, seed: int = 0,

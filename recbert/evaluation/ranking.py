@@ -35,7 +35,7 @@ import torch
 from recbert.config import EvalConfig
 from recbert.data.batches import pad_sequences
 from recbert.data.sequences import EvalSet
-from recbert.data.vocab import N_SPECIAL
+from recbert.data.vocab import catalogue_size, item_index
 from recbert.evaluation.metrics import ranking_metrics
 from recbert.finite import require_finite
 from recbert.model.catalogue import ItemSets, item_chunk_size, item_chunks
@@ -183,7 +183,7 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     inputs = eval_set.inputs
-    n_items = model.config.n_tokens - N_SPECIAL
+    n_items = catalogue_size(model.config.n_tokens, model.config.hash_buckets)
     collected: dict[str, list[torch.Tensor]] = {}
     # Users sorted by history length: batches of similar length carry little padding.
     by_length = np.argsort(np.minimum(inputs.lengths, model.config.max_len), kind="stable")
@@ -192,7 +192,7 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
         histories = inputs.slice(inputs.offsets[rows], inputs.offsets[rows + 1], inputs.user_ids[rows])
         x = torch.from_numpy(pad_sequences(histories, model.config.max_len, append_mask=not model.causal)).to(device)
         hidden = model(x).sequence_output[:, -1]
-        targets = torch.from_numpy(eval_set.targets[rows] - N_SPECIAL)
+        targets = torch.from_numpy(item_index(eval_set.targets[rows], n_items))  # -1: UNK or a bucket, a miss
         seen = ItemSets.from_tokens(histories.items, histories.lengths, n_items)
         for name, r in _batch_ranks(model.scorer, hidden, targets, seen, config, generator).items():
             collected.setdefault(name, []).append(r)

@@ -34,7 +34,7 @@ class Backbones:
 
             self.base = None
             self.vocab = ItemVocab.build(load_events(events)["item_id"])
-            self.config = dataclasses.replace(model_config, n_tokens=len(self.vocab),
+            self.config = dataclasses.replace(model_config, n_tokens=len(self.vocab), hash_buckets=0,
                                               feature_cardinalities={}, feature_widths={})
 
     def make(self, variant: str, seed: int) -> SequenceRecommender:

@@ -119,7 +119,7 @@ class EncoderHeadModel(nn.Module):
 
     def rows(self, histories: Sequence[Sequence] | Sequence[np.ndarray], encode_ids: bool = True) -> Tensor:
         """Left-padded ``[B, <= max_len]`` rows from histories (oldest first) of ORIGINAL item
-        ids (mapped through the vocabulary, unknown ids -> UNK) or, with
+        ids (mapped through the vocabulary, unknown ids -> UNK or a hash bucket) or, with
         ``encode_ids=False``, of tokens. The newest ``max_len`` events are kept."""
         if encode_ids and self.vocab is None:
             raise CheckpointError("this model has no vocabulary attached; load the encoder with from_pretrained")

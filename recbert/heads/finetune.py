@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from recbert.config import build_section
 from recbert.data.batches import mask_tokens
+from recbert.data.vocab import catalogue_size
 from recbert.errors import ConfigError
 from recbert.model.checkpoint import model_config_of
 from recbert.training.loop import FitResult, FitSettings, StepLoss, fit
@@ -109,7 +110,8 @@ def mlm_aux_loss(model: nn.Module, input_ids: Tensor, cfg: FinetuneConfig, gener
                                  cfg.last_item_mask_prob, generator)
     device = input_ids.device
     out = model.encode(inputs.to(device), causal=False)
-    hidden, targets = gather_targets(out.sequence_output, labels.to(device))
+    hidden, targets = gather_targets(out.sequence_output, labels.to(device),
+                                     catalogue_size(cfg_m.n_tokens, cfg_m.hash_buckets))
     if targets.numel() == 0:
         return out.sequence_output.sum() * 0.0
     return full_softmax_loss(hidden, targets, scorer)

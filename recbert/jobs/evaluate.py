@@ -23,7 +23,7 @@ def run_evaluation(model_dir: Path, events: Optional[str] = None, split: Optiona
                    eval_config: Optional[EvalConfig] = None, device: str = "auto") -> dict[str, float]:
     """Test metrics of the model in ``model_dir`` on ``events`` (default: the
     events it was trained on), split as in training unless ``split`` is given.
-    The model's own vocabulary is used: unseen items in the file become UNK."""
+    The model's own vocabulary is used: unseen items in the file become UNK (or their hash bucket)."""
     model = SequenceRecommender.from_pretrained(model_dir)
     config = load_run_config(model_dir)
     if config is None:

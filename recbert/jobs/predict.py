@@ -7,7 +7,8 @@
   ``click_proba``; the history is the user's events in time order (the newest ``window``).
 
 Histories come from an events parquet; users without events are reported and skipped;
-candidate items unknown to the model's vocabulary are scored through [UNK] and counted.
+candidate items unknown to the model's vocabulary are scored through [UNK] (or their hash
+bucket) and counted.
 The output is streamed in batches and written atomically.
 """
 
@@ -24,7 +25,6 @@ import torch
 from recbert.data.batches import pad_sequences
 from recbert.data.events import load_events
 from recbert.data.sequences import Sequences, build_sequences
-from recbert.data.vocab import UNK
 from recbert.errors import DataError
 from recbert.heads import CTRModel, SequenceClassifier, load_head
 from recbert.io import write_parquet_batches
@@ -92,9 +92,10 @@ def _predict_clicks(model: CTRModel, seqs: Sequences, pairs: Path, out: Path, wi
         raise DataError(f"none of the users in {pairs} has events")
     items = df["item_id"].to_numpy()[keep]
     tokens = model.vocab.encode(items)
-    unknown = int((tokens == UNK).sum())
+    unknown = int((~model.vocab.is_item(tokens)).sum())
     if unknown:
-        log.warning("%d of %d candidate items are unknown to the model and scored as [UNK]", unknown, len(tokens))
+        log.warning("%d of %d candidate items are unknown to the model and scored as %s", unknown, len(tokens),
+                    "their hash buckets" if model.vocab.hash_buckets else "[UNK]")
     users = df["user_id"].to_numpy()[keep]
 
     def tables():

@@ -19,7 +19,6 @@ from recbert.config import TrackingConfig
 from recbert.data.batches import pad_sequences
 from recbert.data.events import load_events
 from recbert.data.sequences import Sequences, build_sequences
-from recbert.data.vocab import N_SPECIAL
 from recbert.errors import DataError
 from recbert.exports.embeddings import export_items, export_users, item_matrix, user_query_vectors
 from recbert.index import IndexConfig, VectorIndex, recall_at_k
@@ -129,7 +128,8 @@ class ModelIndex:
         return user_query_vectors(self.model, rows, self.normalized, self.with_bias)
 
     def seen(self, part: Sequences) -> list[np.ndarray]:
-        return [self.model.vocab.decode(r[r >= N_SPECIAL]) for r in np.split(part.items, part.offsets[1:-1])]
+        vocab = self.model.vocab
+        return [vocab.decode(r[vocab.is_item(r)]) for r in np.split(part.items, part.offsets[1:-1])]
 
     def rows(self, part: Sequences) -> torch.Tensor:
         return torch.from_numpy(pad_sequences(part, self.model.config.max_len, append_mask=not self.model.causal))
@@ -212,12 +212,12 @@ def run_index_query(model_dir: Path, index_dir: Path, k: int = 10, user_id: Any 
                     exclude_seen: bool = True) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Top-``k`` ``(item ids, scores)`` through the index for one user's history (``user_id``,
     from ``events`` or the training events) or an ad-hoc session of ORIGINAL item ids
-    (``items``, oldest first; unknown ids go through [UNK]); plus a small info dict."""
+    (``items``, oldest first; unknown ids go through [UNK] or their hash bucket); plus a small info dict."""
     if (user_id is None) == (items is None):
         raise DataError("give exactly one of a user id or a list of item ids")
     mi = ModelIndex.load(model_dir, index_dir)
     model = mi.model
-    info: dict[str, Any] = {"index": mi.index.kind}
+    info: dict[str, Any] = {"index": mi.index.kind, "hash_buckets": model.vocab.hash_buckets}
     if user_id is not None:
         seqs = user_histories(model, model_dir, events)
         if seqs.user_ids.dtype != object:
@@ -239,10 +239,10 @@ def run_index_query(model_dir: Path, index_dir: Path, k: int = 10, user_id: Any 
         tokens = model.vocab.encode(np.asarray(list(items)))
         if len(tokens) == 0:
             raise DataError("the item list is empty")
-        info["unknown_items"] = int((tokens < N_SPECIAL).sum())
+        info["unknown_items"] = int((~model.vocab.is_item(tokens)).sum())
         rows = model.inference_rows([tokens])
         info["history_length"] = len(tokens)
-    known = tokens[tokens >= N_SPECIAL]
+    known = tokens[model.vocab.is_item(tokens)]
     exclude = [model.vocab.decode(known)] if exclude_seen else None
     scores, ids = mi.index.search(mi.queries(rows), k, exclude=exclude)
     return ids[0], scores[0], info

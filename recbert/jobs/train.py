@@ -46,12 +46,12 @@ class TrainResult:
 
 def build_model(config: RunConfig, vocab: ItemVocab) -> SequenceRecommender:
     """A new recommender for ``vocab``: ``config.model`` with the sizes the data decides
-    (tokens, side-feature tables) filled in a copy; ``config`` itself is not changed."""
+    (tokens, hash buckets, side-feature tables) filled in a copy; ``config`` itself is not changed."""
     tables = []
     if config.data.item_features and config.data.item_feature_columns:
         tables = load_item_features(config.data.item_features, config.data.item_col,
                                     config.data.item_feature_columns, vocab)
-    model_config = dataclasses.replace(config.model, n_tokens=len(vocab),
+    model_config = dataclasses.replace(config.model, n_tokens=len(vocab), hash_buckets=vocab.hash_buckets,
                                        feature_cardinalities={t.name: t.cardinality for t in tables},
                                        feature_widths={t.name: t.table.shape[1] for t in tables})
     model = SequenceRecommender(model_config)

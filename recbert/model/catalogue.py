@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from recbert.data.vocab import N_SPECIAL
+from recbert.data.vocab import item_index
 
 SCORE_BUDGET_BYTES = 256 * 2**20  # float32 scores of one chunk, for every user of a batch
 
@@ -50,9 +50,9 @@ class ItemSets:
     @classmethod
     def from_tokens(cls, tokens: np.ndarray, lengths: np.ndarray, n_items: int) -> "ItemSets":
         """From rows of tokens laid end to end (row ``i`` has ``lengths[i]`` of them);
-        special tokens ([UNK], ...) are not catalogue items and are left out."""
+        special tokens ([UNK], ...) and hash buckets are not catalogue items and are left out."""
         rows = np.repeat(np.arange(len(lengths)), lengths)
-        items = np.asarray(tokens, dtype=np.int64) - N_SPECIAL
+        items = item_index(tokens, n_items)
         keep = items >= 0
         return cls(torch.from_numpy(rows[keep]), torch.from_numpy(items[keep]), len(lengths), n_items)
 

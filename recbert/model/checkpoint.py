@@ -18,7 +18,7 @@ from typing import Optional
 from torch import nn
 
 from recbert.config import ModelConfig, RunConfig, TrackingConfig
-from recbert.data.vocab import N_SPECIAL, ItemVocab
+from recbert.data.vocab import ItemVocab, catalogue_size
 from recbert.errors import CheckpointError
 from recbert.model.recommender import SequenceRecommender
 
@@ -79,12 +79,12 @@ def check_compatible(model: nn.Module, vocab_or_n_tokens: ItemVocab | int | None
         if expected != cfg.n_tokens:
             raise CheckpointError(
                 f"vocabulary size mismatch: the pretrained encoder has n_tokens={cfg.n_tokens} "
-                f"({cfg.n_tokens - N_SPECIAL} items) but the head's data expects {expected}; encode the "
-                "fine-tuning data with the pretrained model's vocabulary (model.vocab.encode)")
+                f"({catalogue_size(cfg.n_tokens, cfg.hash_buckets)} items) but the head's data expects {expected}; "
+                "encode the fine-tuning data with the pretrained model's vocabulary (model.vocab.encode)")
         own = getattr(model, "vocab", None)
         if isinstance(vocab_or_n_tokens, ItemVocab) and own is not None and own != vocab_or_n_tokens:
             raise CheckpointError("vocabulary mismatch: the pretrained encoder and the head's data have the same "
-                                  "number of tokens but different item ids")
+                                  "number of tokens but different item ids (or hash buckets)")
     if hidden is not None and int(hidden) != cfg.hidden:
         raise CheckpointError(f"width mismatch: the pretrained encoder has hidden={cfg.hidden} "
                               f"but the head expects hidden={hidden}")

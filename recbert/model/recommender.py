@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from recbert.config import ModelConfig, build_section
 from recbert.data.batches import concat_rows, left_pad
-from recbert.data.vocab import MASK, N_SPECIAL, ItemVocab
+from recbert.data.vocab import MASK, N_SPECIAL, ItemVocab, catalogue_size
 from recbert.errors import CheckpointError, ConfigError, RecbertError
 from recbert.finite import require_finite
 from recbert.io import atomic_dir
@@ -50,6 +50,8 @@ def backbone_part(name: str) -> Optional[str]:
 class ItemScorer(nn.Module):
     """Scores hidden vectors against every real item: ``T(h) @ E[items].T + b``,
     with ``E`` the (tied) input item table and ``T`` an optional dense+GELU+LN.
+    The specials and the hash buckets (input-only tokens, after the items) are
+    never scored.
     :meth:`score` and :meth:`top_k` take the catalogue a chunk of items at a time
     (``recbert.model.catalogue``), so memory is bounded for any catalogue size."""
 
@@ -60,7 +62,8 @@ class ItemScorer(nn.Module):
             nn.Sequential(nn.Linear(config.hidden, config.hidden), nn.GELU(), nn.LayerNorm(config.hidden))
             if config.output_transform else nn.Identity()
         )
-        self.bias = nn.Parameter(torch.zeros(config.n_tokens - N_SPECIAL))
+        self.n_items = catalogue_size(config.n_tokens, config.hash_buckets)
+        self.bias = nn.Parameter(torch.zeros(self.n_items))
 
     def query(self, hidden: Tensor) -> Tensor:
         """The vector that is dotted with item vectors (the user embedding)."""
@@ -68,7 +71,7 @@ class ItemScorer(nn.Module):
 
     def item_vectors(self) -> Tensor:
         """``[n_items, H]``: row ``i`` is the item with token ``i + N_SPECIAL``."""
-        return self.item_table.weight[N_SPECIAL:]
+        return self.item_table.weight[N_SPECIAL:N_SPECIAL + self.n_items]
 
     def vectors_of(self, items: Tensor) -> Tensor:
         """``[..., H]`` the vectors of item indices ``items``; a lookup, so its gradient is
@@ -123,6 +126,9 @@ class SequenceRecommender(nn.Module):
         super().__init__()
         if config.n_tokens <= N_SPECIAL:
             raise ConfigError("model.n_tokens is not set: build the model from a vocabulary (n_tokens = len(vocab))")
+        if config.hash_buckets < 0 or catalogue_size(config.n_tokens, config.hash_buckets) < 1:
+            raise ConfigError(f"model.hash_buckets={config.hash_buckets} must be >= 0 and leave at least one item "
+                              f"among model.n_tokens={config.n_tokens} (fill both from the vocabulary)")
         self.config = config
         self.embeddings = embeddings if embeddings is not None else SequenceEmbeddings(config)
         self.encoder = encoder if encoder is not None else Encoder(config)
@@ -190,7 +196,8 @@ class SequenceRecommender(nn.Module):
     def recommend(self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True,
                   chunk: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` original item ids and scores for ad-hoc histories of ORIGINAL
-        item ids (oldest first). Unknown ids become [UNK]; never a crash. When
+        item ids (oldest first). Unknown ids become [UNK] or their hash bucket; never a
+        crash, and a bucket is never recommended. When
         the history leaves fewer than ``k`` items, the last slots hold id None
         and score -inf. Tied scores come in vocabulary order; NaN or infinite scores raise
         :class:`~recbert.errors.DivergenceError`. The catalogue is scored ``chunk`` items
@@ -224,8 +231,9 @@ class SequenceRecommender(nn.Module):
         vocab = vocab if vocab is not None else self.vocab
         if vocab is None:
             raise CheckpointError("save_pretrained needs the vocabulary (pass vocab= or set model.vocab)")
-        if len(vocab) != self.config.n_tokens:
-            raise CheckpointError(f"vocabulary has {len(vocab)} tokens but model.n_tokens is {self.config.n_tokens}")
+        if len(vocab) != self.config.n_tokens or vocab.hash_buckets != self.config.hash_buckets:
+            raise CheckpointError(f"vocabulary has {len(vocab)} tokens ({vocab.hash_buckets} hash buckets) but "
+                                  f"model.n_tokens is {self.config.n_tokens} ({self.config.hash_buckets})")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         state.pop("scorer.item_table.weight", None)  # tied to embeddings.item.weight
         with atomic_dir(directory) as tmp:
@@ -254,9 +262,10 @@ class SequenceRecommender(nn.Module):
         except ConfigError as exc:
             raise CheckpointError(f"{d / CONFIG_FILE}: {exc}") from None
         vocab = ItemVocab.load(d / VOCAB_FILE)
-        if len(vocab) != config.n_tokens:
+        if len(vocab) != config.n_tokens or vocab.hash_buckets != config.hash_buckets:
             raise CheckpointError(
-                f"{d}: vocabulary has {len(vocab)} tokens but config.json says n_tokens={config.n_tokens}")
+                f"{d}: vocabulary has {len(vocab)} tokens ({vocab.hash_buckets} hash buckets) but config.json says "
+                f"n_tokens={config.n_tokens} (hash_buckets={config.hash_buckets})")
         try:
             state = load_file(str(d / WEIGHTS_FILE), device=map_location)
         except Exception as exc:

@@ -1,4 +1,6 @@
-"""Item losses: computed only at positions that carry a target.
+"""Item losses: computed only at positions that carry a target, a real item: a
+position whose item has no token of its own (UNK or a hash bucket) can be neither
+predicted nor recommended, so it carries no loss (:func:`gather_targets`).
 
 A loss takes the encoder's hidden vectors at target positions ``[N, H]``, the target
 tokens ``[N]`` and the model's item scorer, and returns a scalar. ``LOSSES`` is the
@@ -171,9 +173,10 @@ def build_loss(ctx: LossContext) -> ItemLoss:
     return LOSSES[ctx.stage.loss](ctx)
 
 
-def gather_targets(hidden_states: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Hidden vectors and labels at positions whose label is not PAD."""
-    where = labels > 0
+def gather_targets(hidden_states: Tensor, labels: Tensor, n_items: int) -> tuple[Tensor, Tensor]:
+    """Hidden vectors and labels at positions whose label is one of the ``n_items`` real
+    items: not PAD, nor UNK or a hash bucket."""
+    where = (labels >= N_SPECIAL) & (labels < N_SPECIAL + n_items)
     return hidden_states[where], labels[where]
 
 

@@ -18,7 +18,7 @@ import torch
 
 from recbert.config import DataConfig, StageConfig
 from recbert.data.batches import mask_tokens, next_item_pairs
-from recbert.data.vocab import N_SPECIAL
+from recbert.data.vocab import catalogue_size
 from recbert.data.window_sources import TrainData, window_source
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, rank_seed
@@ -37,7 +37,7 @@ class WindowObjective:
 
     def __init__(self, name: str, train: TrainData, max_len: int, n_tokens: int, stage: StageConfig, seed: int = 0,
                  data: DataConfig = DataConfig(), device: torch.device | str = "cpu",
-                 context: DistributedContext = DistributedContext()):
+                 context: DistributedContext = DistributedContext(), hash_buckets: int = 0):
         self.name = name
         self.stage = stage
         self.n_tokens = n_tokens
@@ -47,7 +47,7 @@ class WindowObjective:
         self.steps_per_epoch = self.source.steps_per_epoch
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(rank_seed(seed, context.rank))
-        n_items = n_tokens - N_SPECIAL
+        self.n_items = n_items = catalogue_size(n_tokens, hash_buckets)
         # its own generator: sampling negatives leaves the masking and batch order as they are
         negatives = torch.Generator().manual_seed(rank_seed(seed + 1, context.rank))
         self.loss_fn = build_loss(LossContext(stage, n_items, self.source.item_counts(n_items), negatives, name))
@@ -61,7 +61,9 @@ class WindowObjective:
 
     def item_loss(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor) -> StepLoss:
         out = model(inputs, causal=self.causal)
-        hidden, targets = gather_targets(out.sequence_output, labels)
+        hidden, targets = gather_targets(out.sequence_output, labels, self.n_items)
+        if targets.numel() == 0:  # every target is UNK or a hash bucket
+            return StepLoss(out.sequence_output.sum() * 0.0, n=len(inputs))
         return StepLoss(self.loss_fn(hidden, targets, unwrap(model).scorer), n=len(inputs))
 
     def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
@@ -99,4 +101,4 @@ def build_objective(name: str, stage: StageConfig, model: SequenceRecommender, t
     """The objective ``stage.objective`` over ``train``, named ``name`` (the stage), for
     the rank of ``context``."""
     return OBJECTIVES[stage.objective](name, train, model.config.max_len, model.config.n_tokens, stage, seed,
-                                       data, device, context)
+                                       data, device, context, model.config.hash_buckets)

@@ -102,3 +102,11 @@ def test_struct_column_rejected(tmp_path, vocab):
     pl.DataFrame({"item_id": [10], "meta": [{"a": 1}]}).write_parquet(path)
     with pytest.raises(DataError, match="'meta'.*scalars or lists"):
         load_item_features(path, "item_id", ["meta"], vocab)
+
+
+def test_items_without_a_token_give_no_features_to_their_buckets(items_file):
+    vocab = ItemVocab([30, 10], hash_buckets=3)  # 20, 40 and 99 have rows in the file but no token
+    (brand,) = load_item_features(items_file, "item_id", ["brand"], vocab)
+    assert brand.table.shape == (len(vocab), 1) == (N_SPECIAL + 2 + 3, 1)
+    assert brand.cardinality == 1  # acme only: zeta and other belong to items without a token
+    assert (brand.table[vocab.first_bucket:] == 0).all() and (brand.table[N_SPECIAL:vocab.first_bucket] > 0).all()

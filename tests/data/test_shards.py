@@ -36,20 +36,22 @@ def by_user(eval_set) -> dict:
     return {u: (s.row(i).tolist(), int(t)) for i, (u, t) in enumerate(zip(s.user_ids.tolist(), eval_set.targets))}
 
 
-@pytest.mark.parametrize("string_ids", [False, True])
-def test_shards_hold_what_the_in_memory_path_builds(tmp_path, string_ids):
+@pytest.mark.parametrize("string_ids,cap", [(False, {}), (True, {}), (False, {"max_items": 25, "hash_buckets": 4})])
+def test_shards_hold_what_the_in_memory_path_builds(tmp_path, string_ids, cap):
     folder = events_folder(tmp_path, string_ids=string_ids)
-    data = DataConfig(events=str(folder), shards=str(tmp_path / "shards"), shard_events=400, min_user_events=2)
+    data = DataConfig(events=str(folder), shards=str(tmp_path / "shards"), shard_events=400, min_user_events=2, **cap)
     shards = write_shards(folder, data.shards, data, row_group_users=16)
     assert len(shards.files) > 1 and len(shards.units()) > len(shards.files)
-    vocab, splits = prepare_data(RunConfig(data=DataConfig(events=str(folder), min_user_events=2)))
+    vocab, splits = prepare_data(RunConfig(data=DataConfig(events=str(folder), min_user_events=2, **cap)))
+    assert shards.vocab().hash_buckets == cap.get("hash_buckets", 0)
     assert shards.vocab() == vocab and np.array_equal(shards.vocab().counts, vocab.counts)
     assert shards.n_users == len(splits.train) and shards.n_eval_users == len(splits.test)
     assert shards.n_events == len(splits.train.items) + 2 * len(splits.test)
     assert by_user(shards.eval_set("val")) == by_user(splits.val)
     assert by_user(shards.eval_set("test")) == by_user(splits.test)
     train = splits.train.items
-    assert np.array_equal(shards.train_item_counts(), np.bincount(train[train >= 3] - 3, minlength=vocab.n_items))
+    real = train[(train >= 3) & (train < 3 + vocab.n_items)]
+    assert np.array_equal(shards.train_item_counts(), np.bincount(real - 3, minlength=vocab.n_items))
     rows = {u: s.row(i).tolist() for s in shards.iter_sequences() for i, u in enumerate(s.user_ids.tolist())}
     full = {u: splits.test.inputs.row(i).tolist() + [int(t)]
             for i, (u, t) in enumerate(zip(splits.test.inputs.user_ids.tolist(), splits.test.targets))}

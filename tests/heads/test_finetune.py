@@ -142,7 +142,7 @@ def test_mlm_aux_is_the_pretrained_cloze_loss():
     got = mlm_aux_loss(model, x, cfg, torch.Generator().manual_seed(7))
     inputs, labels = mask_tokens(x, ref.config.n_tokens, cfg.mask_prob, cfg.last_item_mask_prob,
                                  torch.Generator().manual_seed(7))
-    hidden, targets = gather_targets(ref(inputs, causal=False).sequence_output, labels)
+    hidden, targets = gather_targets(ref(inputs, causal=False).sequence_output, labels, ref.scorer.n_items)
     assert torch.allclose(got, full_softmax_loss(hidden, targets, ref.scorer))
     got.backward()
     assert model.scorer.bias.grad is not None

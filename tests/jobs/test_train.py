@@ -73,6 +73,25 @@ def test_string_ids_and_time_split_without_mlflow(tmp_path, capsys):
     assert code == 0 and out.split("\t")[1] == "item-3"
 
 
+def test_hash_buckets_travel_from_the_config_to_the_saved_model(tmp_path, capsys):
+    path = tmp_path / "ev.parquet"
+    cyclic_events(string_ids=True).write_parquet(path)
+    code, out, err = run_cli(["-q", "train", "--no-mlflow", "--events", str(path), *FAST, "--set", "pretrain.epochs=0",
+                              "--set", "train.epochs=1", "--set", "data.max_items=40", "--set", "data.hash_buckets=8",
+                              "--set", f"out_dir={tmp_path / 'runs'}"], capsys)
+    assert code == 0, err
+    model_dir = Path(out.split("model: ")[1].split()[0])
+    from recbert.model.recommender import SequenceRecommender
+
+    model = SequenceRecommender.from_pretrained(model_dir)
+    assert model.vocab.hash_buckets == model.config.hash_buckets == 8 and model.vocab.n_items == 40
+    code, out, err = run_cli(["recommend", "--model-dir", str(model_dir), "--items", "item-1,never-seen", "-k", "40"],
+                             capsys)
+    assert code == 0 and "1 unknown item id(s) scored as their hash buckets" in err
+    ids = [line.split("\t")[1] for line in out.splitlines()]
+    assert len(ids) == 40 and set(ids) <= set(model.vocab.item_ids) | {"None"}
+
+
 @pytest.mark.parametrize("mutate,expected", [
     (lambda df: df.drop("timestamp"), "missing column(s) ['timestamp']"),
     (lambda df: df.with_columns(pl.when(pl.col("user_id") < 3).then(None).otherwise(pl.col("item_id")).alias("item_id")),

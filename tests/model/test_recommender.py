@@ -10,11 +10,11 @@ from recbert.errors import CheckpointError, ConfigError, DivergenceError, Recber
 from recbert.model.recommender import SequenceRecommender
 
 
-def make_model(attention="bidirectional", string_ids=False, **kw):
+def make_model(attention="bidirectional", string_ids=False, hash_buckets=0, **kw):
     ids = [f"i{i}" for i in range(10)] if string_ids else list(range(100, 110))
-    vocab = ItemVocab(np.array(ids, dtype=object if string_ids else np.int64))
+    vocab = ItemVocab(np.array(ids, dtype=object if string_ids else np.int64), hash_buckets=hash_buckets)
     cfg = ModelConfig(hidden=16, layers=2, heads=2, intermediate=32, max_len=6, dropout=0.1,
-                      attention_dropout=0.1, n_tokens=len(vocab), attention=attention, **kw)
+                      attention_dropout=0.1, n_tokens=len(vocab), hash_buckets=hash_buckets, attention=attention, **kw)
     torch.manual_seed(0)
     model = SequenceRecommender(cfg)
     model.vocab = vocab
@@ -218,3 +218,49 @@ def test_recommend_in_chunks_keeps_k_best_across_chunks_and_refuses_nan_scores()
         model.scorer.bias[9] = float("inf")  # in the last chunk
     with pytest.raises(DivergenceError, match="model scores are not finite"):
         model.recommend([[103]], k=4, chunk=3)
+
+
+# -- hash buckets: input tokens, never catalogue items ------------------------------------------
+def test_buckets_have_embeddings_but_are_never_scored_or_recommended():
+    from recbert.config import EvalConfig
+    from recbert.data.sequences import EvalSet, Sequences
+    from recbert.evaluation.ranking import evaluate_ranking
+    from recbert.exports.embeddings import item_matrix
+
+    model = make_model(hash_buckets=4)
+    vocab = model.vocab
+    assert model.embeddings.item.weight.shape[0] == len(vocab) == 3 + 10 + 4
+    assert model.item_vectors().shape == (10, 16) and model.scorer.bias.shape == (10,)
+    assert item_matrix(model).shape == (10, 17)  # exports (and the Faiss index built on them): items only
+    unseen = [5000, 5001, 5002]
+    assert (vocab.encode(unseen) >= vocab.first_bucket).all()
+    ids, scores = model.recommend([unseen, [103] + unseen], k=10, exclude_seen=True)
+    assert set(ids[0]) == set(range(100, 110)) and np.isfinite(scores[0]).all()  # buckets exclude nothing
+    assert None not in set(ids[1][:9]) and 103 not in ids[1] and ids[1][9] is None
+    with pytest.raises(RecbertError, match="k=11"):
+        model.recommend([unseen], k=11)
+    # evaluation ranks the 10 items only; a held-out item without a token (UNK, a bucket) is a miss
+    history = vocab.encode([101, 102, 5000])
+    seqs = Sequences(np.arange(3), np.tile(history, 3), np.array([0, 3, 6, 9]))
+    targets = np.array([vocab.encode([104])[0], vocab.encode([6000])[0], 2])
+    assert targets[1] >= vocab.first_bucket
+    out = evaluate_ranking(model, EvalSet(seqs, targets), EvalConfig(ks=[10], select_metric="hr@10"))
+    assert out["all/hr@10"] == pytest.approx(1 / 3) and out["sampled/hr@10"] == pytest.approx(1 / 3)
+
+
+def test_a_loaded_model_maps_unseen_ids_to_the_same_buckets(tmp_path):
+    model = make_model(hash_buckets=4)
+    model.save_pretrained(tmp_path / "m")
+    loaded = SequenceRecommender.from_pretrained(tmp_path / "m")
+    assert loaded.vocab == model.vocab and loaded.config.hash_buckets == 4
+    probe = [100, 5000, 123456, -7]
+    assert loaded.vocab.encode(probe).tolist() == model.vocab.encode(probe).tolist()
+    rows = model.inference_rows([model.vocab.encode(probe)])
+    assert torch.allclose(loaded.user_vectors(rows), model.user_vectors(rows))
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["hash_buckets"] = 0
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="4 hash buckets"):
+        SequenceRecommender.from_pretrained(tmp_path / "m")
+    with pytest.raises(ConfigError, match="model.hash_buckets"):
+        SequenceRecommender(ModelConfig(n_tokens=8, hash_buckets=5))

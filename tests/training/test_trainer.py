@@ -143,3 +143,37 @@ def test_bf16_autocast_trains_the_encoder():
     res = train_stage(model, splits, stage, EVAL, seed=0)
     assert res.history[-1]["train/loss"] < res.history[0]["train/loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+# Items beyond a vocabulary cap read as UNK or their hash bucket: inputs, never targets (a
+# full softmax over the items had an UNK target at index -1 and stopped; sampled losses
+# scored it with the last item's bias)
+@pytest.mark.parametrize("objective,loss,buckets", [("next_item", "full_softmax", 0), ("mlm", "full_softmax", 8),
+                                                    ("next_item", "sampled_softmax", 8)])
+def test_items_without_a_token_are_inputs_not_targets(objective, loss, buckets):
+    events = cyclic_events(n_users=120, n_items=60)
+    vocab = ItemVocab.build(events["item_id"], max_items=40, hash_buckets=buckets)
+    splits = leave_one_out(build_sequences(events, vocab, 2))
+    assert not vocab.is_item(splits.train.items).all()
+    cfg = ModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_len=12, n_tokens=len(vocab),
+                      hash_buckets=buckets)
+    torch.manual_seed(0)
+    model = SequenceRecommender(cfg)
+    before = model.embeddings.item.weight.detach().clone()
+    stage = StageConfig(objective=objective, loss=loss, negatives=16, negative_sampler="popularity", epochs=1,
+                        batch_size=64, warmup_ratio=0.0)
+    res = train_stage(model, splits, stage, EVAL, seed=0)
+    assert np.isfinite(res.history[-1]["train/loss"])
+    moved = ~torch.isclose(model.embeddings.item.weight, before).all(dim=1)
+    assert moved[vocab.first_bucket:].all()  # the buckets learn as inputs (nothing when there are none)
+    assert model.scorer.bias.shape == (40,)
+
+
+def test_only_real_items_are_targets():
+    from recbert.data.vocab import UNK
+    from recbert.training.losses import gather_targets
+
+    labels = torch.tensor([[0, UNK, 3, 7, 4], [3 + 5, 5, 0, 6, 0]])  # 5 items: tokens 3..7, buckets from 8
+    hidden = torch.arange(10.0).reshape(2, 5, 1)
+    h, t = gather_targets(hidden, labels, n_items=5)
+    assert t.tolist() == [3, 7, 4, 5, 6] and h[:, 0].tolist() == [2.0, 3.0, 4.0, 6.0, 8.0]
