@@ -131,6 +131,25 @@ def train(config: Path | None, overrides: tuple[str, ...], events: str | None, n
     click.echo(f"wall time: {result.seconds:.1f}s")
 
 
+@cli.command("shard")
+@config_option
+@set_option
+@click.option("--events", help="Events parquet file or folder (overrides data.events).")
+@click.option("--out", help="Shard folder (overrides data.shards).")
+def shard(config: Path | None, overrides: tuple[str, ...], events: str | None, out: str | None) -> None:
+    """Write the events as per-user sequence shards for streamed training (data.shards),
+    with memory bounded by data.shard_events; reused by `recbert train` with the same settings."""
+    from recbert.data.shards import ensure_shards
+    from recbert.errors import ConfigError
+
+    cfg = _load_config(config, overrides + ((f"data.shards={out}",) if out else ()), events, True)
+    if cfg.data.shards is None:
+        raise ConfigError("recbert shard: name the shard folder with --out or data.shards")
+    shards = ensure_shards(cfg.data.events, cfg.data)
+    click.echo(f"{shards.directory}: {len(shards.files)} shard(s), {shards.n_users} users, {shards.n_events} events, "
+               f"{shards.vocab().n_items} items, {shards.n_eval_users} evaluated users")
+
+
 def _model_dir(model_dir: Path | None, run_id: str | None) -> Path:
     from recbert.model.checkpoint import resolve_model_dir
 

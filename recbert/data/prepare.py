@@ -11,7 +11,7 @@ from typing import Optional
 from recbert.config import RunConfig
 from recbert.data.events import EventSource, load_events
 from recbert.data.sequences import Splits, build_sequences, leave_one_out, time_split
-from recbert.data.shards import ensure_shards
+from recbert.data.shards import ShardSet, ensure_shards
 from recbert.data.vocab import UNK, ItemVocab
 from recbert.errors import DataError
 
@@ -46,10 +46,14 @@ def prepare_data(config: RunConfig, events: Optional[EventSource] = None,
 def prepare_shards(config: RunConfig, events: Optional[EventSource] = None,
                    vocab: Optional[ItemVocab] = None) -> tuple[ItemVocab, Splits]:
     """The out-of-core path (``data.shards``): sequence shards written (or reused) from the
-    events, training streamed from them; the validation and test users are read into
-    memory. A given ``vocab`` must be the one the shards were written with."""
-    d = config.data
-    shards = ensure_shards(events if events is not None else d.events, d)
+    events, then :func:`shard_splits`."""
+    return shard_splits(ensure_shards(events if events is not None else config.data.events, config.data), vocab)
+
+
+def shard_splits(shards: ShardSet, vocab: Optional[ItemVocab] = None) -> tuple[ItemVocab, Splits]:
+    """The shards' vocabulary and splits: training streams the shards, the validation and
+    test users are read into memory. A given ``vocab`` must be the one the shards were
+    written with."""
     shard_vocab = shards.vocab()
     if vocab is not None and vocab != shard_vocab:
         raise DataError(f"the shards in {shards.directory} were written with another item vocabulary than the "

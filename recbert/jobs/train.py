@@ -22,7 +22,8 @@ from recbert.config import RunConfig
 from recbert.data.batches import pad_sequences
 from recbert.data.events import EventSource
 from recbert.data.features import load_item_features
-from recbert.data.prepare import prepare_data
+from recbert.data.prepare import prepare_data, shard_splits
+from recbert.data.shards import ensure_shards
 from recbert.data.vocab import ItemVocab
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
 from recbert.model.checkpoint import METRICS_FILE, RUN_CONFIG_FILE
@@ -72,7 +73,12 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
     seed_everything(config.seed)
     set_threads(config.threads)
     device = context.device
-    vocab, splits = prepare_data(config, events)
+    if config.data.shards is not None:  # one writer: rank 0 writes (or checks) the shards, every rank reads them
+        shards = on_main(lambda: ensure_shards(events if events is not None else config.data.events, config.data),
+                         context)
+        vocab, splits = shard_splits(shards)
+    else:
+        vocab, splits = prepare_data(config, events)
     model = build_model(config, vocab)
     if context.rank:  # dropout: an independent stream on each further rank (rank 0 continues as one process)
         torch.manual_seed(rank_seed(config.seed, context.rank))

@@ -152,3 +152,25 @@ def test_diverged_training_is_one_line_error_and_a_failed_run(cyclic_parquet, ml
     assert run.info.status == "FAILED"
     assert "training loss is not finite" in run.data.tags["recbert.error"]
     assert "test/all/hr_at_10" not in run.data.metrics
+
+
+def test_train_streams_from_shards_written_by_recbert_shard(tmp_path, monkeypatch, cyclic_parquet, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["-q", "shard", "--events", str(cyclic_parquet), "--out", "shards"], capsys)
+    assert code == 0, err
+    assert out.startswith("shards: 1 shard(s), ") and "evaluated users" in out
+    written = (tmp_path / "shards" / "manifest.json").stat().st_mtime_ns
+    stream = ["--set", "data.shards=shards", "--set", "data.loader_workers=1", "--set", "pretrain.epochs=1",
+              "--set", "train.epochs=2"]
+    code, out, err = run_cli(["-q", "train", "--no-mlflow", "--events", str(cyclic_parquet), *FAST, *stream], capsys)
+    assert code == 0, err
+    assert (tmp_path / "shards" / "manifest.json").stat().st_mtime_ns == written  # reused, not rewritten
+    model_dir = out.split("model: ")[1].split()[0]
+    code, out2, err2 = run_cli(["-q", "evaluate", "--model-dir", model_dir], capsys)
+    assert code == 0, err2
+    assert float(out2.splitlines()[2].split("|")[6]) > 0.5  # the ring pattern is learnt from the stream
+
+
+def test_recbert_shard_needs_a_folder(cyclic_parquet, capsys):
+    code, _, err = run_cli(["-q", "shard", "--events", str(cyclic_parquet)], capsys)
+    assert code == 2 and "name the shard folder with --out or data.shards" in err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import socket
 import subprocess
 import sys
@@ -17,9 +18,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from recbert.config import EvalConfig, ModelConfig, StageConfig
+from recbert.config import DataConfig, EvalConfig, ModelConfig, StageConfig
 from recbert.data.batches import global_batch_bounds
+from recbert.data.prepare import shard_splits
 from recbert.data.sequences import build_sequences, leave_one_out
+from recbert.data.shards import open_shards, write_shards
+from recbert.data.streaming import ShardWindows
 from recbert.data.vocab import ItemVocab
 from recbert.errors import ConfigError
 from recbert.model.recommender import SequenceRecommender
@@ -72,6 +76,68 @@ def train_worker(rank: int, port: int, out: str) -> None:
         res = train_stage(model, splits, STAGE, EVAL, context=context)
     torch.save({"losses": [h["train/loss"] for h in res.history], "seen": seen, "best_epoch": res.best_epoch,
                 "epochs_run": res.epochs_run, "state": model.state_dict()}, Path(out) / f"rank{rank}.pt")
+
+
+def shard_setup(folder: str):
+    """The model of :func:`setup` and the splits of the same events as shards in ``folder``."""
+    model, _ = setup()
+    return model, shard_splits(open_shards(folder))[1]
+
+
+def write_test_shards(folder: Path) -> None:
+    events = cyclic_events(n_users=158, seed=1)
+    events.write_parquet(folder / "events.parquet")
+    data = DataConfig(events=str(folder / "events.parquet"), shard_events=700)
+    write_shards(data.events, folder / "shards", data, row_group_users=8)
+
+
+def stream_worker(rank: int, port: int, out: str) -> None:
+    """One rank training STAGE on the shards in ``out``: saves its losses and the rows of every batch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    seen: list[tuple[int, list[list[int]]]] = []
+    rows = ShardWindows.rows
+
+    def recorded(self, epoch):
+        for batch in rows(self, epoch):
+            seen.append((epoch, batch.tolist()))
+            yield batch
+
+    ShardWindows.rows = recorded
+    with distributed("cpu") as context:
+        model, splits = shard_setup(str(Path(out) / "shards"))
+        res = train_stage(model, splits, STAGE, EVAL, context=context, data=DataConfig(shuffle_buffer_batches=2))
+    torch.save({"losses": [h["train/loss"] for h in res.history], "seen": seen}, Path(out) / f"stream{rank}.pt")
+
+
+@pytest.fixture(scope="module")
+def two_streaming_ranks(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ddp_stream")
+    write_test_shards(out)
+    mp.spawn(stream_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"stream{r}.pt") for r in range(WORLD)], out
+
+
+def test_streamed_shards_train_every_window_once_per_epoch_across_the_ranks(two_streaming_ranks):
+    ranks, out = two_streaming_ranks
+    single = ShardWindows(open_shards(out / "shards"), 13, 12, 2, STAGE.batch_size, buffer_batches=2)
+    steps = [[e for e, _ in r["seen"]] for r in ranks]
+    per_rank = ShardWindows(open_shards(out / "shards"), 13, 12, 2, STAGE.batch_size, world_size=WORLD).steps_per_epoch
+    assert steps[0] == steps[1] == [e for e in (1, 2, 3) for _ in range(per_rank)]
+
+    def windows(batches):
+        return Counter(tuple(t for t in row if t) for b in batches for row in b)
+    expected = windows(b.tolist() for b in single.rows(1))
+    for epoch in (1, 2, 3):
+        assert windows(b for r in ranks for e, b in r["seen"] if e == epoch) == expected
+    two = ranks[0]["losses"]
+    assert two == ranks[1]["losses"]
+    model, splits = shard_setup(str(out / "shards"))
+    one = [h["train/loss"] for h in train_stage(model, splits, STAGE, EVAL,
+                                                data=DataConfig(shuffle_buffer_batches=2)).history]
+    # each rank's batches come from its own half of the epoch's stream, not from one global batch
+    np.testing.assert_allclose(two, one, rtol=LOSS_TOLERANCE)
 
 
 @pytest.fixture(scope="module")
@@ -130,14 +196,15 @@ def test_lazy_item_updates_are_refused_with_several_ranks():
         train_stage(model, splits, stage, EVAL, context=DistributedContext(rank=0, world_size=2))
 
 
-def test_recbert_train_under_torchrun_writes_once_from_rank_0(tmp_path):
+@pytest.mark.parametrize("streamed", [False, True])
+def test_recbert_train_under_torchrun_writes_once_from_rank_0(tmp_path, streamed):
     events = tmp_path / "events.parquet"
     cyclic_events(n_users=120).write_parquet(events)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # an MLM pretraining epoch, then next-item training: two stages, each wrapped in DDP
     sets = ["model.hidden=16", "model.intermediate=32", "model.layers=1", "model.max_len=12", "pretrain.epochs=1",
             "pretrain.batch_size=32", "train.objective=next_item", "train.epochs=2", "train.batch_size=32",
-            "out_dir=runs", "device=cpu", "threads=1"]
+            "out_dir=runs", "device=cpu", "threads=1"] + (["data.shards=shards"] if streamed else [])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "recbert.cli", "-q", "train", "--events", str(events)] + [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -146,6 +213,9 @@ def test_recbert_train_under_torchrun_writes_once_from_rank_0(tmp_path):
     assert done.stdout.count("mlflow run id: ") == 1  # only rank 0 reports
     run_id = done.stdout.split("mlflow run id: ")[1].split()[0]
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_id]
+    if streamed:  # written once, by rank 0, before the other rank read it
+        assert open_shards(tmp_path / "shards").n_users == 120
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shards")]  # no second, racing writer
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
