@@ -40,6 +40,7 @@ from recbert.evaluation.metrics import ranking_metrics
 from recbert.finite import require_finite
 from recbert.model.catalogue import ItemSets, item_chunk_size, item_chunks
 from recbert.model.recommender import ItemScorer
+from recbert.runtime import DistributedContext, rank_seed
 
 PROTOCOLS = ("all", "unseen", "sampled")
 
@@ -175,13 +176,22 @@ def sample_outside(forbidden: ItemSets, n: int, generator: torch.Generator
 
 @torch.no_grad()
 def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0,
-                     device: torch.device | str = "cpu") -> dict[str, float]:
+                     device: torch.device | str = "cpu",
+                     context: DistributedContext = DistributedContext()) -> dict[str, float]:
     """Metrics ``{protocol}/{metric}`` plus ``n_users``; see the module docstring (memory:
     ``batch_size x item_chunk`` scores at a time). Raises
-    :class:`~recbert.errors.DivergenceError` on non-finite model scores."""
+    :class:`~recbert.errors.DivergenceError` on non-finite model scores.
+
+    With several ranks (``context``) every rank must call it: rank ``r`` of ``W`` scores
+    the users ``r, r + W, ...``, the ranks are gathered, and every rank returns the same
+    metrics of all users (the sampled protocol then draws each rank's negatives from its
+    own stream, so it differs from one process by sampling noise only)."""
     was_training = model.training
     model.eval()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(rank_seed(seed, context.rank))
+    if context.distributed:
+        share = np.arange(context.rank, len(eval_set), context.world_size)
+        eval_set = EvalSet(eval_set.inputs.select(share), eval_set.targets[share])
     inputs = eval_set.inputs
     n_items = catalogue_size(model.config.n_tokens, model.config.hash_buckets)
     collected: dict[str, list[torch.Tensor]] = {}
@@ -198,12 +208,25 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
             collected.setdefault(name, []).append(r)
     if was_training:
         model.train()
-    out: dict[str, float] = {"n_users": float(len(eval_set))}
-    for name, parts in collected.items():
-        ranks = torch.cat(parts).numpy()
-        for metric, value in ranking_metrics(ranks, config.ks).items():
+    ranks = {name: torch.cat(parts).numpy() for name, parts in collected.items()}
+    n_users = len(eval_set)
+    if context.distributed:
+        ranks, n_users = _gather_ranks(ranks, n_users, context)
+    out: dict[str, float] = {"n_users": float(n_users)}
+    for name, values in ranks.items():
+        for metric, value in ranking_metrics(values, config.ks).items():
             out[f"{name}/{metric}"] = value
     return out
+
+
+def _gather_ranks(ranks: dict[str, np.ndarray], n_users: int,
+                  context: DistributedContext) -> tuple[dict[str, np.ndarray], int]:
+    """Every rank's ranks per protocol, concatenated in rank order, and the users in all."""
+    gathered: list = [None] * context.world_size
+    torch.distributed.all_gather_object(gathered, (ranks, n_users))
+    names = sorted({name for r, _ in gathered for name in r})
+    merged = {name: np.concatenate([r[name] for r, _ in gathered if name in r]) for name in names}
+    return merged, sum(n for _, n in gathered)
 
 
 def _batch_ranks(scorer, hidden: torch.Tensor, targets: torch.Tensor, seen: ItemSets, config: EvalConfig,

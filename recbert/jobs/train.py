@@ -1,8 +1,9 @@
 """Batch job: events parquet -> sequences -> (MLM pretraining) -> training ->
 full-ranking test evaluation -> model directory, all tracked in MLflow.
 
-Under torchrun (``WORLD_SIZE`` > 1) the stages train data-parallel on all ranks; rank 0
-alone evaluates on the test split, logs to MLflow and writes the model directory."""
+Under torchrun (``WORLD_SIZE`` > 1) the stages train data-parallel on all ranks, which
+validate and test together (each ranks a share of the users); rank 0 alone logs to MLflow
+and writes the model directory (and the shards, with ``data.shards``)."""
 
 from __future__ import annotations
 
@@ -102,12 +103,14 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
                               sink=tracker.log_metrics, step_offset=step, context=context)
             step += res.epochs_run
             results.append(res)
-        summary, model_dir = on_main(lambda: test_and_save(model, vocab, splits.test, config, tracker, results, step,
-                                                           device, started), context)
+        test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device, context=context)
+        summary, model_dir = on_main(lambda: test_and_save(model, vocab, splits.test, test, config, tracker, results,
+                                                           step, device, started), context)
     return TrainResult(tracker.run_id, model_dir, summary, results, time.perf_counter() - started, context.is_main)
 
 
-def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, config: RunConfig, tracker: Tracker,
+def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, test: dict[str, float],
+                  config: RunConfig, tracker: Tracker,
                   results: list[StageResult], step: int, device: torch.device,
                   started: float) -> tuple[dict[str, float], Path]:
     """The trained model's test metrics and layer-fusion weights, logged to ``tracker``, and
@@ -116,7 +119,6 @@ def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, confi
     if weights is not None:
         log.info("learned layer-fusion weights (layer 0 = embeddings): %s", [round(w, 3) for w in weights])
         tracker.log_metrics({f"fusion/layer_{i}_weight": w for i, w in enumerate(weights)}, step)
-    test = evaluate_ranking(model, test_seqs, config.eval, seed=config.seed, device=device)
     test_metrics = {f"test/{k}": v for k, v in test.items()}
     summary = {**test_metrics, "time/total_seconds": time.perf_counter() - started}
     for r in results:

@@ -10,8 +10,10 @@ budget, a progress bar and the per-epoch record handed to a sink (MLflow).
 
 Under distributed training (a :class:`~recbert.runtime.DistributedContext` of several
 ranks) the training steps run through DistributedDataParallel, the per-epoch record holds
-the means over all ranks, and rank 0 validates and decides (best epoch, early stop, time
-budget) for all ranks, so that every rank keeps the same weights and stops together."""
+the means over all ranks, the validator runs on every rank and must return the same result
+on each (:func:`~recbert.evaluation.ranking.evaluate_ranking` ranks a share of the users
+per rank and gathers them), and rank 0 decides the time budget for all, so that every rank
+keeps the same weights and stops together."""
 
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ class Objective(Protocol):
         """The loss of one batch; the model is in training mode."""
 
 
-# validate(model) -> (selection score, metrics to record); called in eval mode without grad
+# validate(model) -> (selection score, metrics to record); called in eval mode without grad,
+# on every rank of a distributed run (the same result on each)
 Validator = Callable[[nn.Module], tuple[float, dict[str, float]]]
 Sink = Callable[[dict[str, float], int], None]
 
@@ -123,7 +126,7 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         model.eval()
         try:
             with torch.no_grad():
-                score, metrics = on_main(lambda: validate(model), context)
+                score, metrics = validate(model)  # on every rank: a distributed validator gathers
         except DivergenceError as exc:
             when = f"before {name}" if epoch == 0 else f"{name} diverged at epoch {epoch}"
             raise DivergenceError(f"model scores are not finite: {when} ({exc.detail})", exc.detail) from None

@@ -42,7 +42,8 @@ def train_stage(
 ) -> FitResult:
     """Train ``model`` in place with ``stage.objective``; on return it holds the best
     validation weights and its attention is the objective's (causal for next-item).
-    ``context``: the ranks that train together (data-parallel); rank 0 validates."""
+    ``context``: the ranks that train together (data-parallel) and validate together (each
+    ranks its share of the validation users)."""
     causal = OBJECTIVES[stage.objective].causal
     if causal and model.config.reuse_block != "none":
         raise ConfigError(
@@ -63,7 +64,7 @@ def train_stage(
              objective.steps_per_epoch)
 
     def validate(m: SequenceRecommender) -> tuple[float, dict[str, float]]:
-        metrics = evaluate_ranking(m, splits.val, eval_config, seed=seed, device=device)
+        metrics = evaluate_ranking(m, splits.val, eval_config, seed=seed, device=device, context=context)
         return metrics[metric_key], {f"val/{k}": v for k, v in metrics.items() if k != "n_users"}
 
     if len(splits.val) == 0:

@@ -26,6 +26,7 @@ from recbert.data.shards import open_shards, write_shards
 from recbert.data.streaming import ShardWindows
 from recbert.data.vocab import ItemVocab
 from recbert.errors import ConfigError
+from recbert.evaluation.ranking import evaluate_ranking
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, distributed
 from recbert.data.window_sources import MemoryWindows
@@ -224,3 +225,27 @@ def test_recbert_train_under_torchrun_writes_once_from_rank_0(tmp_path, streamed
     assert "test/all/hr_at_10" in runs[0].data.metrics
     metrics = json.loads((tmp_path / "runs" / run_id / "metrics.json").read_text())
     assert metrics["train/best_epoch"] >= 1
+
+
+def eval_worker(rank: int, port: int, out: str) -> None:
+    """One rank ranking its share of the test users; saves the gathered metrics."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    with distributed("cpu") as context:
+        model, splits = setup()
+        metrics = evaluate_ranking(model, splits.test, EvalConfig(ks=[1, 10], sampled_negatives=20, batch_size=16),
+                                   context=context)
+    (Path(out) / f"eval{rank}.json").write_text(json.dumps(metrics))
+
+
+def test_evaluation_is_shared_by_the_ranks_and_gathered(tmp_path):
+    mp.spawn(eval_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    gathered = [json.loads((tmp_path / f"eval{r}.json").read_text()) for r in range(WORLD)]
+    assert gathered[0] == gathered[1]
+    model, splits = setup()
+    single = evaluate_ranking(model, splits.test, EvalConfig(ks=[1, 10], sampled_negatives=20, batch_size=16))
+    assert gathered[0]["n_users"] == single["n_users"] == len(splits.test)
+    exact = {k: v for k, v in single.items() if not k.startswith("sampled/")}
+    assert {k: pytest.approx(v, abs=1e-12) for k, v in exact.items()} == {k: gathered[0][k] for k in exact}
+    assert gathered[0].keys() == single.keys()
