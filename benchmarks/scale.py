@@ -5,6 +5,7 @@ with events/s, sequences/s, users/s, peak RSS and the recall of the learnable pa
 
     .venv/bin/python benchmarks/scale.py --events 10000000 --items 1000000
     .venv/bin/python benchmarks/scale.py --events 1000000 --items 100000 --loss gbce
+    .venv/bin/python benchmarks/scale.py --events 10000000 --items 1000000 --shards  # streamed from disk
 
 The log is generated once into build/synth-<events>-<items>-<seed>/ and reused.
 """
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--eval-users", type=int, default=10_000, help="test users ranked against every item")
+    ap.add_argument("--shards", action="store_true",
+                    help="stream training from sequence shards (data.shards) instead of holding the sequences")
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -86,12 +89,13 @@ def main() -> None:
         "train.objective=next_item", f"train.loss={args.loss}", f"train.negatives={args.negatives}",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", "train.warmup_ratio=0.0",
         "train.schedule=constant", "eval.sampled_negatives=0", "eval.ks=[10]", "eval.select_metric=hr@10",
-        "tracking.enabled=false", *args.overrides])
+        "tracking.enabled=false", *args.overrides,
+        *([f"data.shards={ROOT / 'build' / f'shards-{args.events}-{args.items}-{args.seed}'}"] if args.shards else [])])
     seed_everything(args.seed)
     t0 = time.perf_counter()
     vocab, splits = prepare_data(cfg)
     prep_s = time.perf_counter() - t0
-    n_events = int(splits.train.items.size) + 2 * len(splits.test)
+    n_events = splits.train.n_events if args.shards else int(splits.train.items.size) + 2 * len(splits.test)
     rss_prep = peak_rss_mib()
     model = build_model(cfg, vocab)
     # validation on a small sample keeps early stopping meaningful and cheap
@@ -114,8 +118,8 @@ def main() -> None:
           f"load average before {load:.2f}")
     print(f"command: .venv/bin/python benchmarks/scale.py --events {args.events} --items {args.items} "
           f"--loss {args.loss} --negatives {args.negatives} --epochs {args.epochs} --eval-users {args.eval_users}"
-          + "".join(f" --set {o}" for o in args.overrides))
-    print(f"data: {n_events:,} events, {len(splits.train):,} train sequences, {vocab.n_items:,} items; "
+          + (" --shards" if args.shards else "") + "".join(f" --set {o}" for o in args.overrides))
+    print(f"data: {n_events:,} events, {len(splits.train):,} train sequences{' (streamed shards)' if args.shards else ''}, {vocab.n_items:,} items; "
           f"events -> splits {prep_s:.1f} s ({n_events / prep_s:,.0f} events/s), peak RSS {rss_prep:,.0f} MiB")
     print(f"training: {res.epochs_run} epoch(s), {train_s / max(res.epochs_run, 1):.1f} s/epoch, "
           f"{res.sequences / max(train_s, 1e-9):,.0f} sequences/s, peak RSS {rss_train:,.0f} MiB")
