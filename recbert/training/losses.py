@@ -96,10 +96,20 @@ class NegativeSampler:
         return torch.multinomial(self.probs, self.m, replacement=True, generator=self.generator)
 
     def expected_counts(self, items: Tensor) -> Tensor:
-        """Expected number of times each of ``items`` is among the M draws."""
+        """Expected number of times each of ``items`` is among the M draws (on their device)."""
         if self.exhaustive:
-            return torch.ones(len(items), dtype=torch.float64)
-        return self.m * self.probs[items]
+            return torch.ones(len(items), dtype=torch.float64, device=items.device)
+        return self.m * on_device(self, "probs", items.device)[items]
+
+
+def on_device(owner: object, name: str, device: torch.device) -> Tensor:
+    """``owner.<name>`` (a CPU tensor) on ``device``, copied once and kept: indexing it with
+    device tensors then needs no copy back to the host (no GPU synchronisation per step)."""
+    cache = owner.__dict__.setdefault("_on_device", {})
+    key = (name, device)
+    if key not in cache:
+        cache[key] = getattr(owner, name).to(device)
+    return cache[key]
 
 
 def _candidate_logits(hidden: Tensor, targets: Tensor, scorer: nn.Module, candidates: Tensor
@@ -133,9 +143,9 @@ class SampledSoftmaxLoss:
         if self.logq:
             # expected count of item j among the candidates: M q(j) from the proposal, plus
             # n_batch p(j) from the batch's targets (p = training popularity) when they are in
-            expected = self.sampler.expected_counts(candidates.cpu())
+            expected = self.sampler.expected_counts(candidates)
             if n_batch:
-                expected = expected + n_batch * self.popularity[candidates.cpu()]
+                expected = expected + n_batch * on_device(self, "popularity", candidates.device)[candidates]
             logits = logits - torch.log(expected.clamp(min=1e-30)).to(logits)[None, :]
         logits = logits.masked_fill(candidates[None, :] == t[:, None], float("-inf"))  # accidental hits
         all_logits = torch.cat([target_logits[:, None], logits], dim=1)
