@@ -7,7 +7,8 @@ tokens ``[N]`` and the model's item scorer, and returns a scalar. ``LOSSES`` is 
 registry (the config's ``train.loss`` choices): each entry builds the loss from a
 :class:`LossContext` (the stage's settings and the training items' counts).
 
-* ``full_softmax``: cross-entropy over the whole catalogue; memory O(N x items).
+* ``full_softmax``: cross-entropy over the whole catalogue; memory O(chunk x items), the
+  positions scored a chunk at a time with their gradients (:mod:`recbert.training.chunked_softmax`).
 * ``sampled_softmax``: cross-entropy over the target and a shared set of candidates: M
   negatives drawn per batch from a proposal (``uniform`` or ``popularity``) plus, with
   ``in_batch_negatives``, the targets of up to M positions of the batch drawn at random
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 
 from recbert.data.vocab import N_SPECIAL
 from recbert.errors import ConfigError, DivergenceError
+from recbert.training.chunked_softmax import chunked_softmax_cross_entropy
 
 ItemLoss = Callable[[Tensor, Tensor, nn.Module], Tensor]
 SAMPLERS = ("uniform", "popularity")  # proposals of the sampled negatives
@@ -61,7 +63,13 @@ class LossContext:
 
 
 def full_softmax_loss(hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
-    """Cross-entropy over the whole catalogue (every real item is a negative)."""
+    """Cross-entropy over the whole catalogue (every real item is a negative); with the
+    recommender's :class:`ItemScorer` a chunk of positions at a time, never holding the
+    ``[N, items]`` logits (:mod:`recbert.training.chunked_softmax`)."""
+    table = getattr(scorer, "item_table", None)  # an ItemScorer (not imported: config reads this module)
+    if table is not None and not table.sparse:
+        return chunked_softmax_cross_entropy(scorer.query(hidden), scorer.item_vectors(), scorer.bias,
+                                             targets - N_SPECIAL)
     return F.cross_entropy(scorer(hidden), targets - N_SPECIAL)
 
 
