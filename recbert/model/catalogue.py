@@ -76,6 +76,11 @@ class ItemSets:
         asked = torch.arange(self.n_rows)[:, None] * self.n_items + items
         return torch.isin(asked, self.rows * self.n_items + self.items)
 
+    def distinct(self) -> "ItemSets":
+        """The same sets with each ``(row, item)`` pair once."""
+        keys = torch.unique(self.rows * self.n_items + self.items)
+        return ItemSets(keys // self.n_items, keys % self.n_items, self.n_rows, self.n_items)
+
     def take(self, rows: Tensor) -> "ItemSets":
         """The sets of ``rows`` (distinct row indices), in that order."""
         new_row = torch.full((self.n_rows,), -1, dtype=torch.long)

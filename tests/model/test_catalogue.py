@@ -47,3 +47,10 @@ def test_merge_top_k_equals_a_stable_sort_of_the_whole_row():
         for items in item_chunks(23, chunk):
             best = merge_top_k(best, scores[:, items], items.start, k)
         assert torch.equal(best[0], want_values[:, :k]) and torch.equal(best[1], want_items[:, :k])
+
+
+def test_distinct_keeps_each_row_item_pair_once():
+    sets = ItemSets.from_tokens(np.array([5, 5, 7, 3, 5, 5]), np.array([3, 3]), n_items=10)
+    d = sets.distinct()
+    assert sorted(zip(d.rows.tolist(), d.items.tolist())) == [(0, 2), (0, 4), (1, 0), (1, 2)]
+    assert torch.equal(d.mask(), sets.mask())
