@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -99,10 +99,20 @@ USER_POOLINGS = ("mean", "max", "mean_max", "last")
 
 
 @torch.no_grad()
-def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Path, normalize: bool = False,
+def _user_batches(sequences: Sequences | Iterable[Sequences], batch_size: int) -> Iterator[Sequences]:
+    parts = [sequences] if isinstance(sequences, Sequences) else sequences
+    for seqs in parts:
+        for lo in range(0, len(seqs), batch_size):
+            yield seqs.select(np.arange(lo, min(lo + batch_size, len(seqs))))
+
+
+def export_users(model: SequenceRecommender, sequences: Sequences | Iterable[Sequences], out: str | Path,
+                 normalize: bool = False,
                  with_bias: bool = True, batch_size: int = 4096, source: Optional[dict[str, Any]] = None,
                  device: torch.device | str = "cpu", pooling: Optional[str] = None) -> int:
-    """Encode each user's history and stream the vectors to parquet.
+    """Encode each user's history and stream the vectors to parquet. ``sequences``: the
+    users in memory, or parts of them one after the other (e.g. the row groups of sequence
+    shards, :meth:`recbert.data.shards.ShardSet.iter_sequences`), read as they come.
 
     ``pooling=None`` (default): the scorer's user vector (the state the next item is scored
     from; with ``with_bias`` a 1.0 coordinate matches the items' bias column, so an inner
@@ -110,7 +120,7 @@ def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Pa
     ``'last'``: a parameter-free masked pooling of the encoder's output over the history
     itself (no [MASK] appended), e.g. as user features for another model; no bias column.
     """
-    if len(sequences) == 0:
+    if isinstance(sequences, Sequences) and len(sequences) == 0:
         raise DataError("no users to export")
     if pooling is not None and pooling not in USER_POOLINGS:
         raise DataError(f"user pooling must be one of {list(USER_POOLINGS)} (or none for the scorer's user "
@@ -125,8 +135,7 @@ def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Pa
     meta = _metadata(model, "users", dim, normalize, with_bias, {**(source or {}), "pooling": pooling or "scorer"})
 
     def tables():
-        for lo in tqdm(range(0, len(sequences), batch_size), desc="export users", unit="batch", leave=False):
-            part = sequences.select(np.arange(lo, min(lo + batch_size, len(sequences))))
+        for part in tqdm(_user_batches(sequences, batch_size), desc="export users", unit="batch", leave=False):
             if pool is None:
                 rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal))
                 vecs = user_query_vectors(model, rows.to(device), normalize, with_bias)
@@ -136,6 +145,9 @@ def export_users(model: SequenceRecommender, sequences: Sequences, out: str | Pa
                 vecs = _finish(pool(enc.sequence_output, enc.padding_mask).float().cpu(), normalize, False, None)
             yield _table(part.user_ids, vecs, "user_id")
 
-    written = write_parquet_batches(out, tables(), meta)
+    try:
+        written = write_parquet_batches(out, tables(), meta)
+    except ValueError:  # nothing came: an empty iterable of parts
+        raise DataError("no users to export") from None
     log.info("exported %d user vectors (dim %d, %s) to %s", written, dim, pooling or "scorer", out)
     return written

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from recbert.config import TrackingConfig
 from recbert.data.batches import pad_sequences
 from recbert.data.events import load_events
 from recbert.data.sequences import Sequences, build_sequences
+from recbert.data.shards import open_shards
 from recbert.errors import DataError
 from recbert.exports.embeddings import export_items, export_users, item_matrix, user_query_vectors
 from recbert.index import IndexConfig, VectorIndex, recall_at_k
@@ -45,6 +46,21 @@ def user_histories(model: SequenceRecommender, model_dir: Path, events: Optional
     return build_sequences(load_events(source, *cols), model.vocab, min_user_events=1)
 
 
+def shard_histories(model: SequenceRecommender, model_dir: Path) -> Optional[Iterator[Sequences]]:
+    """The users' full histories streamed from the sequence shards the model was trained on
+    (``data.shards`` of its run config, when they are still there and hold the model's
+    vocabulary), a row group at a time; None when it was not trained from shards."""
+    config = load_run_config(model_dir)
+    if config is None or config.data.shards is None or not Path(config.data.shards).is_dir():
+        return None
+    shards = open_shards(config.data.shards)
+    if shards.vocab() != model.vocab:
+        raise DataError(f"the shards in {shards.directory} hold another item vocabulary than the model in "
+                        f"{model_dir}; pass the events file instead")
+    log.info("exporting the users of the shards in %s (%d users)", shards.directory, shards.n_users)
+    return shards.iter_sequences()
+
+
 def run_export(model_dir: Path, what: str, out: Path, events: Optional[str] = None, normalize: bool = False,
                with_bias: bool = True, run_id: Optional[str] = None, batch_size: int = 4096,
                pooling: Optional[str] = None, tracking: Optional[TrackingConfig] = None) -> int:
@@ -61,7 +77,9 @@ def run_export(model_dir: Path, what: str, out: Path, events: Optional[str] = No
         if what == "items":
             n = export_items(model, out, normalize, with_bias, source)
         else:
-            seqs = user_histories(model, model_dir, events)
+            seqs = shard_histories(model, model_dir) if events is None else None
+            if seqs is None:
+                seqs = user_histories(model, model_dir, events)
             n = export_users(model, seqs, out, normalize, with_bias, batch_size, source, pooling=pooling)
         seconds = time.perf_counter() - started
         tracker.log_metrics({"rows": n, "seconds": seconds, "rows_per_s": n / max(seconds, 1e-9),

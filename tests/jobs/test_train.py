@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -169,6 +170,15 @@ def test_train_streams_from_shards_written_by_recbert_shard(tmp_path, monkeypatc
     code, out2, err2 = run_cli(["-q", "evaluate", "--model-dir", model_dir], capsys)
     assert code == 0, err2
     assert float(out2.splitlines()[2].split("|")[6]) > 0.5  # the ring pattern is learnt from the stream
+    # users exported from the shards (streamed, the default) and from the events: the same vectors
+    for name, extra in (("from_shards", []), ("from_events", ["--events", str(cyclic_parquet)])):
+        code, _, err3 = run_cli(["-q", "export", "--model-dir", model_dir, "--what", "users", "--out",
+                                 f"{name}.parquet", "--no-mlflow", *extra], capsys)
+        assert code == 0, err3
+    shards = pl.read_parquet("from_shards.parquet").sort("user_id")
+    events = pl.read_parquet("from_events.parquet").sort("user_id")
+    assert shards["user_id"].to_list() == events["user_id"].to_list()
+    assert np.allclose(np.stack(shards["embedding"].to_list()), np.stack(events["embedding"].to_list()), atol=1e-6)
 
 
 def test_recbert_shard_needs_a_folder(cyclic_parquet, capsys):
