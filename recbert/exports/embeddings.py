@@ -98,7 +98,6 @@ def export_items(model: SequenceRecommender, out: str | Path, normalize: bool = 
 USER_POOLINGS = ("mean", "max", "mean_max", "last")
 
 
-@torch.no_grad()
 def _user_batches(sequences: Sequences | Iterable[Sequences], batch_size: int) -> Iterator[Sequences]:
     parts = [sequences] if isinstance(sequences, Sequences) else sequences
     for seqs in parts:
@@ -106,6 +105,7 @@ def _user_batches(sequences: Sequences | Iterable[Sequences], batch_size: int) -
             yield seqs.select(np.arange(lo, min(lo + batch_size, len(seqs))))
 
 
+@torch.no_grad()
 def export_users(model: SequenceRecommender, sequences: Sequences | Iterable[Sequences], out: str | Path,
                  normalize: bool = False,
                  with_bias: bool = True, batch_size: int = 4096, source: Optional[dict[str, Any]] = None,
