@@ -32,18 +32,22 @@ def _chunks(q: Tensor, v: Tensor, b: Tensor, targets: Tensor, chunk: int, total:
     for lo in range(0, len(targets), chunk):
         qc, tc = q[lo:lo + chunk], targets[lo:lo + chunk]
         logits = torch.addmm(b, qc, v.T)
-        lse = torch.logsumexp(logits, dim=1)
-        total += (lse - logits.gather(1, tc[:, None]).squeeze(1)).sum()
+        target_logit = logits.gather(1, tc[:, None]).squeeze(1)
+        top = logits.amax(dim=1, keepdim=True)
+        e = logits.sub_(top).exp_()  # exp(logit - row max), in the logits' memory
+        s = e.sum(dim=1)
+        total += (top.squeeze(1) + s.log() - target_logit).sum()
         if grad_q is None and grad_v is None and grad_b is None:
             continue
-        probs = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
-        probs[torch.arange(len(tc), device=tc.device), tc] -= 1.0  # d loss_i / d logits_i
+        # d loss_i / d logit_ij = e_ij / s_i - [j == t_i]: the 1 / s_i scaling goes into the
+        # smaller operand of each product and the one-hot part is a gather / scatter
+        inv = s.reciprocal()
         if grad_q is not None:
-            grad_q[lo:lo + chunk] = probs @ v
+            grad_q[lo:lo + chunk] = (e @ v).mul_(inv[:, None]).sub_(v[tc])
         if grad_v is not None:
-            grad_v.addmm_(probs.T, qc)
+            grad_v.addmm_(e.T, qc * inv[:, None]).index_add_(0, tc, qc, alpha=-1.0)
         if grad_b is not None:
-            grad_b += probs.sum(0)
+            grad_b.add_(torch.mv(e.T, inv)).index_add_(0, tc, torch.ones_like(inv), alpha=-1.0)
 
 
 class _ChunkedSoftmaxCrossEntropy(torch.autograd.Function):
