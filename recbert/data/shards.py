@@ -28,10 +28,11 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 import numpy as np
 import polars as pl
@@ -46,6 +47,7 @@ from recbert.errors import DataError
 from recbert.io import atomic_dir
 
 log = logging.getLogger("recbert.data")
+T = TypeVar("T")
 
 MANIFEST_FILE = "manifest.json"
 VOCAB_FILE = "vocab.parquet"
@@ -97,18 +99,16 @@ class ShardSet:
 
     def read(self, file: int, row_group: int, columns: tuple[str, ...] = ("items",)) -> pa.Table:
         """One row group's ``columns``; a missing or unreadable shard is a :class:`DataError`."""
-        try:
-            return self._parquet(file).read_row_group(row_group, columns=list(columns))
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"shard {self.path(file)} is missing or unreadable ({exc}); the shard folder changed "
-                            "during the run: write it again (delete it and re-run)") from None
+        return self._reading(file, lambda f: f.read_row_group(row_group, columns=list(columns)))
 
     def _parquet(self, file: int) -> pq.ParquetFile:
-        path = self.path(file)
+        return self._reading(file, lambda f: f)
+
+    def _reading(self, file: int, read: Callable[[pq.ParquetFile], T]) -> T:
         try:
-            return pq.ParquetFile(path)
+            return read(pq.ParquetFile(self.path(file)))
         except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"shard {path} is missing or unreadable ({exc}); the shard folder changed "
+            raise DataError(f"shard {self.path(file)} is missing or unreadable ({exc}); the shard folder changed "
                             "during the run: write it again (delete it and re-run)") from None
 
     def sequences(self, file: int, row_group: int) -> Sequences:
@@ -203,7 +203,7 @@ def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
             n_events += len(seqs.items)
             n_eval += int((seqs.lengths >= 3).sum())
             _add_train_counts(train_counts, seqs)
-        _remove_tree(buckets)
+        shutil.rmtree(buckets, ignore_errors=True)
         if n_short:
             log.info("dropped %d user(s) with fewer than %d events", n_short, data.min_user_events)
         if not files:
@@ -252,12 +252,6 @@ def _add_train_counts(counts: np.ndarray, seqs: Sequences) -> None:
     tokens = seqs.items[position < np.repeat(train_lengths(seqs.lengths), seqs.lengths)]
     items = item_index(tokens, len(counts))
     counts += np.bincount(items[items >= 0], minlength=len(counts))
-
-
-def _remove_tree(folder: Path) -> None:
-    import shutil
-
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- reading ----------------------------------------------------------------------------------

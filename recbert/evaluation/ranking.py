@@ -121,26 +121,20 @@ def _group_ranks(scorer: ItemScorer, query: torch.Tensor, targets: torch.Tensor,
     read from the same score matrix, so no ``[B, chunk]`` mask is built; everything stays
     on the scorer's device (no score matrix goes to the host)."""
     device = query.device
-    first = _finite_scores(scorer, query, chunks[home])
+    first = scorer.checked_scores(query, chunks[home])
     target_score = first.gather(1, (targets[:, None] - chunks[home].start).to(device))
     above = torch.full((len(targets),), -0.5, dtype=torch.float64, device=device)  # the target's tie with itself
     in_history = torch.zeros(len(targets), dtype=torch.float64, device=device)
     history = seen.distinct()
     rows, items = history.rows.to(device), history.items.to(device)
     for i, chunk in enumerate(chunks):
-        scores = first if i == home else _finite_scores(scorer, query, chunk)
+        scores = first if i == home else scorer.checked_scores(query, chunk)
         above += tie_aware_ranks(scores, target_score)
         inside = (items >= chunk.start) & (items < chunk.stop)
         r = rows[inside]
         s, t = scores[r, items[inside] - chunk.start], target_score[r, 0]
         in_history.index_add_(0, r, (s > t).double() + 0.5 * (s == t).double())
     return {"all": above.cpu(), "unseen": (above - in_history).cpu()}
-
-
-def _finite_scores(scorer: ItemScorer, query: torch.Tensor, items: slice) -> torch.Tensor:
-    scores = scorer.score(query, items).float()
-    require_finite(scores)
-    return scores
 
 
 def _with_misses(ranks: dict[str, torch.Tensor], targets: torch.Tensor, in_history: torch.Tensor,

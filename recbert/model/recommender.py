@@ -89,9 +89,9 @@ class ItemScorer(nn.Module):
         return (self.item_vectors()[items] * query[:, None, :]).sum(-1) + self.bias[items]
 
     def checked_scores(self, query: Tensor, items: slice) -> Tensor:
-        """:meth:`score` as float32 on the CPU; NaN or infinite scores raise
+        """:meth:`score` as float32 on the query's device; NaN or infinite scores raise
         :class:`~recbert.errors.DivergenceError`."""
-        scores = self.score(query, items).float().cpu()
+        scores = self.score(query, items).float()
         require_finite(scores)
         return scores
 
@@ -103,7 +103,7 @@ class ItemScorer(nn.Module):
         best between chunks: memory is ``B x (chunk + k)``."""
         best = (torch.empty(len(query), 0), torch.empty(len(query), 0, dtype=torch.long))
         for items in item_chunks(len(self.bias), chunk):
-            scores = self.checked_scores(query, items)
+            scores = self.checked_scores(query, items).cpu()
             if exclude is not None:
                 scores.masked_fill_(exclude.mask(items), float("-inf"))
             best = merge_top_k(best, scores, items.start, k)
