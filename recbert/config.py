@@ -27,7 +27,7 @@ from recbert.training.losses import LOSSES, SAMPLERS
 
 # Choices come from the registries of the modules that build them: a new fusion, reuse
 # block or loss is added there and appears here (validation, CLI, ablation grids).
-Objective = Literal["mlm", "next_item"]
+Objective = Literal["mlm", "next_item", "mlm_attributes"]
 Attention = Literal["bidirectional", "causal"]
 FusionKind = Literal[tuple(FUSIONS)]
 ReuseBlock = Literal[tuple(REUSE_BLOCKS)]
@@ -165,6 +165,7 @@ class StageConfig:
     grad_clip: float = 1.0
     mask_prob: float = 0.2  # MLM: share of tokens masked
     last_item_mask_prob: float = 0.1  # MLM: share of sequences with only the last item masked
+    attribute_weight: float = 1.0  # mlm_attributes: weight of the attribute losses beside the cloze loss
     patience: int = 10  # evaluations without improvement before stopping
     eval_every: int = 1  # epochs between validation runs
     max_minutes: Optional[float] = None  # wall-time budget for the stage
@@ -187,6 +188,8 @@ class StageConfig:
             raise ConfigError(f"stage mask_prob must be in (0, 1), got {self.mask_prob}")
         if not 0.0 <= self.last_item_mask_prob <= 1.0:
             raise ConfigError(f"stage last_item_mask_prob must be in [0, 1], got {self.last_item_mask_prob}")
+        if self.attribute_weight < 0:
+            raise ConfigError(f"stage attribute_weight must be >= 0, got {self.attribute_weight}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"stage warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -240,6 +243,15 @@ class RunConfig:
     device: str = "auto"
     threads: Optional[int] = None  # torch intra-op threads (None: torch default)
     out_dir: str = "runs"  # model directories are written under here
+    # After selection on validation: train the last stage again from the weights it started
+    # from, on the training sequences plus each validation user's target, for the epochs
+    # validation chose (no validation then), and test that model. The selected model's test
+    # metrics are kept beside it as test_selected/*. In-memory data only.
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.refit and self.data.shards is not None:
+            raise ConfigError("refit = true works on in-memory sequences only; unset data.shards or refit")
 
     # -- views -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -287,18 +299,36 @@ def load_config(cls: type, path: str | Path | None = None, overrides: Sequence[s
     return build_section(cls, parse_overrides(list(overrides), raw), "", cls())
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
+def read_config_file(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's keys; a top-level ``extends = "other.toml"`` (relative to the file) reads
+    that file first and lays this one's keys over it, section by section."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
+    if p.resolve() in _seen:
+        raise ConfigError(f"config file {p} extends itself (through {' -> '.join(map(str, _seen))})")
     try:
         if p.suffix == ".toml":
-            return tomllib.loads(p.read_text())
-        if p.suffix == ".json":
-            return json.loads(p.read_text())
+            raw = tomllib.loads(p.read_text())
+        elif p.suffix == ".json":
+            raw = json.loads(p.read_text())
+        else:
+            raise ConfigError(f"config file {p} must be .toml or .json")
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"config file {p} is not valid {p.suffix[1:].upper()}: {exc}") from None
-    raise ConfigError(f"config file {p} must be .toml or .json")
+    base = raw.pop("extends", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {p}: extends must be a file name, got {base!r}")
+    return _merge(read_config_file(p.parent / base, (*_seen, p.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def parse_overrides(overrides: list[str], raw: Optional[dict[str, Any]] = None) -> dict[str, Any]:

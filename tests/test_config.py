@@ -61,7 +61,7 @@ def test_flat_keys_are_dotted_and_values_scalar():
     n_leaves = sum(len(getattr(cfg, s).__dataclass_fields__) for s in sections)
     n_top = len([k for k in flat if "." not in k])
     assert len(flat) == n_leaves + n_top
-    assert n_top == 4  # seed, device, threads, out_dir
+    assert n_top == 5  # seed, device, threads, out_dir, refit
 
 
 def test_unknown_key_names_it_and_suggests_the_close_one():
@@ -264,3 +264,42 @@ def test_eval_item_chunk_is_automatic_by_default_and_must_be_positive():
     assert RunConfig.load(overrides=["eval.item_chunk=4096"]).eval.item_chunk == 4096
     with pytest.raises(ConfigError, match=r"eval.item_chunk must be >= 1"):
         RunConfig.load(overrides=["eval.item_chunk=0"])
+
+
+def test_extends_lays_a_file_over_its_base_section_by_section(tmp_path):
+    (tmp_path / "base.toml").write_text('seed = 1\nrefit = true\n[model]\nhidden = 32\nheads = 2\n'
+                                        '[train]\nepochs = 7\n')
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "alias.toml").write_text('extends = "../base.toml"\nseed = 5\n[model]\nhidden = 16\n')
+    cfg = RunConfig.load(sub / "alias.toml", ["train.lr=0.01"])
+    assert (cfg.seed, cfg.refit, cfg.model.hidden, cfg.model.heads, cfg.train.epochs, cfg.train.lr) == \
+        (5, True, 16, 2, 7, 0.01)
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="extends itself"):
+        RunConfig.load(tmp_path / "a.toml")
+    (tmp_path / "c.toml").write_text('extends = "missing.toml"\n')
+    with pytest.raises(ConfigError, match="missing.toml does not exist"):
+        RunConfig.load(tmp_path / "c.toml")
+    (tmp_path / "d.toml").write_text('extends = 3\n')
+    with pytest.raises(ConfigError, match="d.toml: extends must be a file name"):
+        RunConfig.load(tmp_path / "d.toml")
+
+
+def test_refit_needs_in_memory_data():
+    with pytest.raises(ConfigError, match="refit"):
+        RunConfig.from_dict({"refit": True, "data": {"shards": "sh"}})
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("*.toml")):
+        RunConfig.load(path)
+    beauty, recipe = RunConfig.load(root / "beauty.toml"), RunConfig.load(root / "sequential.toml")
+    assert beauty.model == recipe.model and beauty.train == recipe.train and beauty.pretrain == recipe.pretrain

@@ -74,6 +74,39 @@ class Splits:
     test: EvalSet
 
 
+def with_validation_targets(train: Sequences, val: EvalSet) -> Sequences:
+    """``train`` with each validation user's target appended to their training row: the
+    training data of a refit (the validation target is the event right after the training
+    part under both splits). A validation user without a training row gets a row of the
+    validation input and target."""
+    index = {u: i for i, u in enumerate(train.user_ids.tolist())}
+    where = np.array([index.get(u, -1) for u in val.inputs.user_ids.tolist()], dtype=np.int64)
+    extra = np.zeros(len(train), dtype=np.int64)
+    extra[where[where >= 0]] = 1
+    lengths = train.lengths + extra
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    items = np.empty(offsets[-1], dtype=train.items.dtype)
+    within = np.arange(len(train.items)) - np.repeat(train.offsets[:-1], train.lengths)
+    items[np.repeat(offsets[:-1], train.lengths) + within] = train.items
+    known = where >= 0
+    items[offsets[where[known]] + train.lengths[where[known]]] = val.targets[known]
+    merged = Sequences(train.user_ids, items, offsets)
+    if known.all():
+        return merged
+    alone = np.flatnonzero(~known)  # not among the training rows: their input plus the target
+    rows = val.inputs.select(alone)
+    lens = rows.lengths + 1
+    offs = np.zeros(len(lens) + 1, dtype=np.int64)
+    np.cumsum(lens, out=offs[1:])
+    new = np.empty(offs[-1], dtype=train.items.dtype)
+    mask = np.ones(offs[-1], dtype=bool)
+    mask[offs[1:] - 1] = False
+    new[mask], new[~mask] = rows.items, val.targets[alone]
+    return Sequences(np.concatenate([train.user_ids, rows.user_ids]), np.concatenate([items, new]),
+                     np.concatenate([offsets, offsets[-1] + offs[1:]]))
+
+
 def build_sequences(events: pl.DataFrame, vocab: ItemVocab, min_user_events: int = 1) -> Sequences:
     """Sort events by user then time (ties keep file order) and encode items."""
     df = events.with_row_index("_order").sort([USER, TIME, "_order"])

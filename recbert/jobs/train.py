@@ -7,6 +7,7 @@ and writes the model directory (and the shards, with ``data.shards``)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -31,6 +32,7 @@ from recbert.model.checkpoint import METRICS_FILE, RUN_CONFIG_FILE
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, distributed, on_main, rank_seed, seed_everything, set_threads
 from recbert.tracking import MODEL_ARTIFACT, Tracker
+from recbert.training.refit import refit_stages
 from recbert.training.trainer import StageResult, train_stage
 
 log = logging.getLogger("recbert.pipeline")
@@ -94,32 +96,46 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
         tracker.start(dataclasses.replace(config, model=model.config).flat())
         tracker.log_metrics({"data/n_items": vocab.n_items, "data/n_train_sequences": len(splits.train),
                              "data/n_test_users": len(splits.test), "model/n_parameters": n_params})
-        results, step = [], 0
+        results, step, last = [], 0, None
         for name, stage in (("pretrain", config.pretrain), ("train", config.train)):
             if stage.epochs == 0:
                 continue
+            start = copy.deepcopy(model.state_dict()) if config.refit else None  # what a refit starts from
             res = train_stage(model, splits, stage, config.eval, name=name, seed=config.seed,
                               data=config.data, device=device,
                               sink=tracker.log_metrics, step_offset=step, context=context)
             step += res.epochs_run
             results.append(res)
+            last = (stage, res, start)
+        selected: dict[str, float] = {}
+        if config.refit and last is not None:  # the last stage again, from its start, on train + val targets
+            selected = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device,
+                                        context=context)
+            stage, res, start = last
+            model.load_state_dict(start)
+            refits = refit_stages(model, splits, [(stage, res)], config.eval, seed=config.seed, data=config.data,
+                                  device=device, sink=tracker.log_metrics, step_offset=step, context=context)
+            step += sum(r.epochs_run for r in refits)
+            results += refits
         test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device, context=context)
         summary, model_dir = on_main(lambda: test_and_save(model, vocab, splits.test, test, config, tracker, results,
-                                                           step, device, started), context)
+                                                           step, device, started, selected), context)
     return TrainResult(tracker.run_id, model_dir, summary, results, time.perf_counter() - started, context.is_main)
 
 
 def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, test: dict[str, float],
                   config: RunConfig, tracker: Tracker,
                   results: list[StageResult], step: int, device: torch.device,
-                  started: float) -> tuple[dict[str, float], Path]:
+                  started: float, selected: Optional[dict[str, float]] = None) -> tuple[dict[str, float], Path]:
     """The trained model's test metrics and layer-fusion weights, logged to ``tracker``, and
-    the model directory it was saved to: ``(summary metrics, directory)``."""
+    the model directory it was saved to: ``(summary metrics, directory)``. ``selected``: the
+    test metrics of the validation-selected model a refit replaced (``test_selected/*``)."""
     weights = fusion_layer_weights(model, test_seqs.inputs, device)
     if weights is not None:
         log.info("learned layer-fusion weights (layer 0 = embeddings): %s", [round(w, 3) for w in weights])
         tracker.log_metrics({f"fusion/layer_{i}_weight": w for i, w in enumerate(weights)}, step)
     test_metrics = {f"test/{k}": v for k, v in test.items()}
+    test_metrics.update({f"test_selected/{k}": v for k, v in (selected or {}).items()})
     summary = {**test_metrics, "time/total_seconds": time.perf_counter() - started}
     for r in results:
         summary[f"time/{r.name}_seconds"] = r.seconds

@@ -1,7 +1,8 @@
 """Item objectives of the encoder, trained by :func:`recbert.training.loop.fit`:
 
 * ``mlm``: cloze (BERT4Rec), bidirectional attention; masked positions are the targets;
-* ``next_item``: causal (SASRec-style), a target at every position.
+* ``next_item``: causal (SASRec-style), a target at every position;
+* ``mlm_attributes``: cloze plus item-attribute prediction (:mod:`recbert.training.attributes`).
 
 Both read the training sequences as windows of at most ``max_len`` (+1 for next-item)
 events, batched by similar length in a seeded random order per epoch, from memory or
@@ -16,12 +17,14 @@ from typing import Iterator
 
 import torch
 
-from recbert.config import DataConfig, StageConfig
+from recbert.config import DataConfig, ModelConfig, StageConfig
 from recbert.data.batches import mask_tokens, next_item_pairs
 from recbert.data.vocab import catalogue_size
 from recbert.data.window_sources import TrainData, window_source
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, rank_seed
+from recbert.errors import ConfigError
+from recbert.training.attributes import attribute_losses, batch_items
 from recbert.training.distributed import unwrap
 from recbert.training.loop import StepLoss
 from recbert.training.losses import LossContext, build_loss, gather_targets
@@ -54,6 +57,10 @@ class WindowObjective:
 
     def __len__(self) -> int:
         return len(self.source)
+
+    @classmethod
+    def check(cls, name: str, config: ModelConfig) -> None:
+        """Refuse a model this objective cannot train (a ConfigError naming stage ``name``)."""
 
     def rows(self, epoch: int) -> Iterator[torch.Tensor]:
         for rows in self.source.rows(epoch):
@@ -92,7 +99,34 @@ class NextItemObjective(WindowObjective):
             yield next_item_pairs(rows)
 
 
-OBJECTIVES: dict[str, type[WindowObjective]] = {"mlm": MaskedItemObjective, "next_item": NextItemObjective}
+class MaskedItemAttributeObjective(MaskedItemObjective):
+    """Cloze plus the item-attribute objectives of :mod:`recbert.training.attributes`
+    (masked positions and batch items predict their attributes), weighted by
+    ``stage.attribute_weight``; needs item side features."""
+
+    @classmethod
+    def check(cls, name: str, config: ModelConfig) -> None:
+        if not config.feature_cardinalities:
+            raise ConfigError(f"{name}.objective = 'mlm_attributes' needs item side features: set "
+                              "data.item_features and data.item_feature_columns (e.g. the items.parquet of "
+                              "`recbert import s3rec --attributes`)")
+
+    def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
+        inputs, labels = batch
+        core = unwrap(model)
+        out = model(inputs, causal=False)
+        hidden, targets = gather_targets(out.sequence_output, labels, self.n_items)
+        if targets.numel() == 0:
+            return StepLoss(out.sequence_output.sum() * 0.0, n=len(inputs))
+        cloze = self.loss_fn(hidden, targets, core.scorer)
+        parts = attribute_losses(core.embeddings, hidden, targets, batch_items(inputs, labels, self.n_items))
+        total = cloze + self.stage.attribute_weight * (parts["masked_attributes"] + parts["item_attributes"])
+        return StepLoss(total, n=len(inputs), parts={"cloze": cloze.detach(),
+                                                     **{k: v.detach() for k, v in parts.items()}})
+
+
+OBJECTIVES: dict[str, type[WindowObjective]] = {"mlm": MaskedItemObjective, "next_item": NextItemObjective,
+                                                "mlm_attributes": MaskedItemAttributeObjective}
 
 
 def build_objective(name: str, stage: StageConfig, model: SequenceRecommender, train: TrainData, seed: int = 0,
@@ -100,5 +134,6 @@ def build_objective(name: str, stage: StageConfig, model: SequenceRecommender, t
                     context: DistributedContext = DistributedContext()) -> WindowObjective:
     """The objective ``stage.objective`` over ``train``, named ``name`` (the stage), for
     the rank of ``context``."""
+    OBJECTIVES[stage.objective].check(name, model.config)
     return OBJECTIVES[stage.objective](name, train, model.config.max_len, model.config.n_tokens, stage, seed,
                                        data, device, context, model.config.hash_buckets)

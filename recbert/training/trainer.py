@@ -39,11 +39,14 @@ def train_stage(
     sink: Optional[MetricSink] = None,
     step_offset: int = 0,
     context: DistributedContext = DistributedContext(),
+    stop_after: Optional[int] = None,
 ) -> FitResult:
     """Train ``model`` in place with ``stage.objective``; on return it holds the best
     validation weights and its attention is the objective's (causal for next-item).
     ``context``: the ranks that train together (data-parallel) and validate together (each
-    ranks its share of the validation users)."""
+    ranks its share of the validation users). ``stop_after``: replay the stage's schedule
+    (over ``stage.epochs``) for this many epochs without validation and keep the last
+    weights (a refit, :mod:`recbert.training.refit`)."""
     causal = OBJECTIVES[stage.objective].causal
     if causal and model.config.reuse_block != "none":
         raise ConfigError(
@@ -69,11 +72,13 @@ def train_stage(
 
     if len(splits.val) == 0:
         log.warning("%s: no validation users; early stopping is off and the last weights are kept", name)
-    settings = FitSettings(epochs=stage.epochs, patience=stage.patience, eval_every=stage.eval_every,
-                           grad_clip=stage.grad_clip, max_minutes=stage.max_minutes, progress=True,
+    replay = stop_after is not None
+    settings = FitSettings(epochs=stop_after if replay else stage.epochs, patience=stage.patience,
+                           eval_every=stage.eval_every, grad_clip=stage.grad_clip,
+                           max_minutes=None if replay else stage.max_minutes, progress=True,
                            precision=stage.precision)
+    validator = validate if len(splits.val) and not replay else None
     try:
-        return fit(model, objective, optimizer, schedule, settings, validate if len(splits.val) else None, sink,
-                   step_offset, context)
+        return fit(model, objective, optimizer, schedule, settings, validator, sink, step_offset, context)
     finally:
         model.embeddings.item.sparse = False  # lazy updates end with the stage

@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recbert.data.sequences import Sequences, build_sequences, leave_one_out, time_split
+from recbert.data.sequences import (EvalSet, Sequences, build_sequences, leave_one_out, time_split,
+                                    with_validation_targets)
 from recbert.data.vocab import UNK, ItemVocab
 from recbert.errors import DataError
 
@@ -219,3 +220,31 @@ def test_slice_flat_positions():
     assert out.row(1).tolist() == []
     untimed = Sequences(s.user_ids, s.items, s.offsets)
     assert untimed.slice(np.array([0]), np.array([2]), np.array([1])).times is None
+
+
+def _seqs(rows, users=None):
+    lengths = [len(r) for r in rows]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    users = np.array(users if users is not None else list(range(len(rows))))
+    return Sequences(users, np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]), offsets)
+
+
+def test_with_validation_targets_appends_each_validation_target_to_its_users_row():
+    full = _seqs([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [15, 16, 17, 18]], users=["a", "b", "c", "d"])
+    splits = leave_one_out(full)
+    merged = with_validation_targets(splits.train, splits.val)
+    assert merged.user_ids.tolist() == ["a", "b", "c", "d"]
+    # evaluated users: everything but the test target; the short user 'b' keeps all its events
+    assert [merged.row(u).tolist() for u in range(4)] == [[5, 6, 7, 8], [10, 11], [12, 13], [15, 16, 17]]
+    for u in (0, 2, 3):  # exactly the test input
+        t = list(splits.test.inputs.user_ids).index(merged.user_ids[u])
+        assert merged.row(u).tolist() == splits.test.inputs.row(t).tolist()
+
+
+def test_with_validation_targets_adds_rows_for_validation_users_without_training_rows():
+    train = _seqs([[1, 2], [3]], users=[7, 8])
+    val = EvalSet(_seqs([[3], [4, 5]], users=[8, 9]), np.array([30, 50], dtype=np.int64))
+    merged = with_validation_targets(train, val)
+    assert merged.user_ids.tolist() == [7, 8, 9]
+    assert [merged.row(u).tolist() for u in range(3)] == [[1, 2], [3, 30], [4, 5, 50]]
+    assert merged.lengths.sum() == train.lengths.sum() + 2 + 2  # each target once, user 9's input once

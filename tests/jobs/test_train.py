@@ -184,3 +184,28 @@ def test_train_streams_from_shards_written_by_recbert_shard(tmp_path, monkeypatc
 def test_recbert_shard_needs_a_folder(cyclic_parquet, capsys):
     code, _, err = run_cli(["-q", "shard", "--events", str(cyclic_parquet)], capsys)
     assert code == 2 and "name the shard folder with --out or data.shards" in err
+
+
+def test_refit_retrains_the_selected_epochs_on_the_validation_targets(cyclic_parquet, mlflow_uri, capsys):
+    code, out, err = run_cli(["-q", "train", "--events", str(cyclic_parquet), *FAST, "--set", "refit=true",
+                              "--set", "train.epochs=4", "--set", "train.eval_every=2"], capsys)
+    assert code == 0, err
+    run_id = out.split("mlflow run id: ")[1].split()[0]
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    metrics = client.get_run(run_id).data.metrics
+    # the last stage again, from the pretrained weights, for the epochs its validation chose,
+    # with no validation of its own
+    best = int(metrics["train/best_epoch"])
+    assert len(client.get_metric_history(run_id, "refit_train/loss")) == best >= 1
+    assert not client.get_metric_history(run_id, "refit_pretrain/loss")
+    assert len(client.get_metric_history(run_id, "val/all/ndcg_at_10")) == 2 + 2
+    assert metrics["test_selected/all/hr_at_10"] > 0.5 and metrics["test/all/hr_at_10"] > 0.5
+    assert metrics["refit_train/steps"] >= metrics["train/steps"]  # one more event per evaluated user
+
+
+def test_refit_with_shards_is_a_config_error(tmp_path, cyclic_parquet, capsys):
+    code, _, err = run_cli(["-q", "train", "--events", str(cyclic_parquet), *FAST, "--set", "refit=true",
+                            "--set", f"data.shards={tmp_path / 'sh'}", "--set", "tracking.enabled=false"], capsys)
+    assert code != 0 and "refit" in err and "Traceback" not in err

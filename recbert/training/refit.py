@@ -1,0 +1,52 @@
+"""Refit: once validation has chosen a stage's epoch count, train the stage again from
+the weights it started from (a fresh model, or the pretrained encoder) on the training
+sequences plus every validation user's target, for those epochs, replaying its schedule,
+without validation. The train job refits the last stage.
+
+Why: under leave-one-out the validation target is the newest event a model may learn
+from before the test, and item popularity drifts between the last positions (Beauty: item
+frequency in training correlates 0.64 with the validation targets' and 0.45 with the test
+targets', BENCHMARKS.md). A model selected on validation never trained on that event."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import torch
+
+from recbert.config import DataConfig, EvalConfig, StageConfig
+from recbert.data.sequences import Splits, with_validation_targets
+from recbert.model.recommender import SequenceRecommender
+from recbert.runtime import DistributedContext
+from recbert.training.loop import FitResult
+from recbert.training.trainer import MetricSink, train_stage
+
+log = logging.getLogger("recbert.train")
+
+
+def refit_epochs(result: FitResult) -> int:
+    """The epochs a refit trains a stage for: its best validated epoch, or every epoch it
+    ran when it never validated (or never improved on the start)."""
+    return result.best_epoch or result.epochs_run
+
+
+def refit_stages(model: SequenceRecommender, splits: Splits, stages: list[tuple[StageConfig, FitResult]],
+                 eval_config: EvalConfig, seed: int = 0, data: DataConfig = DataConfig(),
+                 device: torch.device | str = "cpu", sink: Optional[MetricSink] = None, step_offset: int = 0,
+                 context: DistributedContext = DistributedContext()) -> list[FitResult]:
+    """Train ``model`` (holding the first stage's starting weights) in place through
+    ``stages`` (each stage's config and the result that selected its epochs), named
+    ``refit_<stage>``; returns their results."""
+    refit = dataclasses.replace(splits, train=with_validation_targets(splits.train, splits.val))
+    log.info("refit on %d sequences with the validation targets: %s", len(refit.train),
+             ", ".join(f"{r.name} {refit_epochs(r)} epochs" for _, r in stages))
+    results = []
+    for stage, selected in stages:
+        res = train_stage(model, refit, stage, eval_config, name=f"refit_{selected.name}", seed=seed, data=data,
+                          device=device, sink=sink, step_offset=step_offset, context=context,
+                          stop_after=refit_epochs(selected))
+        step_offset += res.epochs_run
+        results.append(res)
+    return results
