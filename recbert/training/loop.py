@@ -198,8 +198,12 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
     if best_state is not None:
         model.load_state_dict(best_state)
     result.seconds = time.perf_counter() - started
-    log.info("%s: %s after %d epochs; best val %.4f at epoch %d (%.0fs)", name, result.stopped,
-             result.epochs_run, result.best_score, result.best_epoch, result.seconds)
+    if validate is None:
+        log.info("%s: %s after %d epochs, without validation: the last weights are kept (%.0fs)", name,
+                 result.stopped, result.epochs_run, result.seconds)
+    else:
+        log.info("%s: %s after %d epochs; best val %.4f at epoch %d (%.0fs)", name, result.stopped,
+                 result.epochs_run, result.best_score, result.best_epoch, result.seconds)
     return result
 
 
