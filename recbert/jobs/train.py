@@ -32,7 +32,7 @@ from recbert.model.checkpoint import METRICS_FILE, RUN_CONFIG_FILE
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, distributed, on_main, rank_seed, seed_everything, set_threads
 from recbert.tracking import MODEL_ARTIFACT, Tracker
-from recbert.training.refit import refit_stages
+from recbert.training.refit import refit_stage
 from recbert.training.trainer import StageResult, train_stage
 
 log = logging.getLogger("recbert.pipeline")
@@ -113,10 +113,10 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
                                         context=context)
             stage, res, start = last
             model.load_state_dict(start)
-            refits = refit_stages(model, splits, [(stage, res)], config.eval, seed=config.seed, data=config.data,
-                                  device=device, sink=tracker.log_metrics, step_offset=step, context=context)
-            step += sum(r.epochs_run for r in refits)
-            results += refits
+            refit = refit_stage(model, splits, stage, res, config.eval, seed=config.seed, data=config.data,
+                                device=device, sink=tracker.log_metrics, step_offset=step, context=context)
+            step += refit.epochs_run
+            results.append(refit)
         test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device, context=context)
         summary, model_dir = on_main(lambda: test_and_save(model, vocab, splits.test, test, config, tracker, results,
                                                            step, device, started, selected), context)

@@ -32,21 +32,16 @@ def refit_epochs(result: FitResult) -> int:
     return result.best_epoch or result.epochs_run
 
 
-def refit_stages(model: SequenceRecommender, splits: Splits, stages: list[tuple[StageConfig, FitResult]],
-                 eval_config: EvalConfig, seed: int = 0, data: DataConfig = DataConfig(),
-                 device: torch.device | str = "cpu", sink: Optional[MetricSink] = None, step_offset: int = 0,
-                 context: DistributedContext = DistributedContext()) -> list[FitResult]:
-    """Train ``model`` (holding the first stage's starting weights) in place through
-    ``stages`` (each stage's config and the result that selected its epochs), named
-    ``refit_<stage>``; returns their results."""
+def refit_stage(model: SequenceRecommender, splits: Splits, stage: StageConfig, selected: FitResult,
+                eval_config: EvalConfig, seed: int = 0, data: DataConfig = DataConfig(),
+                device: torch.device | str = "cpu", sink: Optional[MetricSink] = None, step_offset: int = 0,
+                context: DistributedContext = DistributedContext()) -> FitResult:
+    """Train ``model`` (holding the weights the stage started from) in place through
+    ``stage`` again, for the epochs ``selected`` (the result of its selection run) chose,
+    named ``refit_<stage>``, on the training sequences plus the validation targets."""
     refit = dataclasses.replace(splits, train=with_validation_targets(splits.train, splits.val))
-    log.info("refit on %d sequences with the validation targets: %s", len(refit.train),
-             ", ".join(f"{r.name} {refit_epochs(r)} epochs" for _, r in stages))
-    results = []
-    for stage, selected in stages:
-        res = train_stage(model, refit, stage, eval_config, name=f"refit_{selected.name}", seed=seed, data=data,
-                          device=device, sink=sink, step_offset=step_offset, context=context,
-                          stop_after=refit_epochs(selected))
-        step_offset += res.epochs_run
-        results.append(res)
-    return results
+    log.info("refit of %s on %d sequences with the validation targets: %d epochs", selected.name, len(refit.train),
+             refit_epochs(selected))
+    return train_stage(model, refit, stage, eval_config, name=f"refit_{selected.name}", seed=seed, data=data,
+                       device=device, sink=sink, step_offset=step_offset, context=context,
+                       stop_after=refit_epochs(selected))
