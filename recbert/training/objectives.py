@@ -71,6 +71,11 @@ class WindowObjective:
         hidden, targets = gather_targets(out.sequence_output, labels, self.n_items)
         if targets.numel() == 0:  # every target is UNK or a hash bucket
             return StepLoss(out.sequence_output.sum() * 0.0, n=len(inputs))
+        return self.target_loss(model, inputs, labels, hidden, targets)
+
+    def target_loss(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor,
+                    hidden: torch.Tensor, targets: torch.Tensor) -> StepLoss:
+        """The loss at the batch's target positions (``hidden`` outputs, ``targets`` items)."""
         return StepLoss(self.loss_fn(hidden, targets, unwrap(model).scorer), n=len(inputs))
 
     def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
@@ -111,13 +116,9 @@ class MaskedItemAttributeObjective(MaskedItemObjective):
                               "data.item_features and data.item_feature_columns (e.g. the items.parquet of "
                               "`recbert import s3rec --attributes`)")
 
-    def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, torch.Tensor]) -> StepLoss:
-        inputs, labels = batch
+    def target_loss(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor,
+                    hidden: torch.Tensor, targets: torch.Tensor) -> StepLoss:
         core = unwrap(model)
-        out = model(inputs, causal=False)
-        hidden, targets = gather_targets(out.sequence_output, labels, self.n_items)
-        if targets.numel() == 0:
-            return StepLoss(out.sequence_output.sum() * 0.0, n=len(inputs))
         cloze = self.loss_fn(hidden, targets, core.scorer)
         parts = attribute_losses(core.embeddings, hidden, targets, batch_items(inputs, labels, self.n_items))
         total = cloze + self.stage.attribute_weight * (parts["masked_attributes"] + parts["item_attributes"])
