@@ -116,12 +116,27 @@ def show_config(config: Path | None, overrides: tuple[str, ...]) -> None:
 @set_option
 @click.option("--events", help="Events parquet (overrides data.events).")
 @click.option("--no-mlflow", is_flag=True, help="Do not track the run in MLflow.")
-def train(config: Path | None, overrides: tuple[str, ...], events: str | None, no_mlflow: bool) -> None:
-    """Train (MLM pretraining and/or next-item training) and evaluate on the test split."""
+@click.option("--resume", "resume_from", metavar="RUN",
+              help="Continue a killed run from its newest checkpoint: its MLflow run id (or name without MLflow), "
+                   "its checkpoint folder or a checkpoint file. The run's own config is used; -c/--set, if given, "
+                   "must resolve to the same.")
+def train(config: Path | None, overrides: tuple[str, ...], events: str | None, no_mlflow: bool,
+          resume_from: str | None) -> None:
+    """Train (MLM pretraining and/or next-item training) and evaluate on the test split.
+    Checkpoints are written under {out_dir}/checkpoints/{run}/ (checkpoint.* keys)."""
     from recbert.jobs.train import format_metrics, run_training
 
-    cfg = _load_config(config, overrides, events, no_mlflow)
-    result = run_training(cfg)  # under torchrun: on every rank, and rank 0 reports
+    point = None
+    if resume_from is None:
+        cfg = _load_config(config, overrides, events, no_mlflow)
+    else:
+        from recbert.jobs.resume import find_resume_point
+
+        given = _load_config(config, overrides, events, no_mlflow) if config or overrides or events or no_mlflow \
+            else None
+        point = find_resume_point(resume_from, given.out_dir if given is not None else "runs")
+        cfg = given if given is not None else point.config
+    result = run_training(cfg, resume=point)  # under torchrun: on every rank, and rank 0 reports
     if not result.is_main:
         return
     test = {k.removeprefix("test/"): v for k, v in result.test_metrics.items() if k.startswith("test/")}
@@ -406,9 +421,60 @@ def ablate_cmd(config, overrides, no_mlflow) -> None:
     click.echo(f"mlflow run id: {result.run_id}" if result.run_id else "mlflow: off")
 
 
+# -- runs in the MLflow store ---------------------------------------------------------------
+@cli.group("runs")
+def runs_group() -> None:
+    """The runs of the MLflow store ($MLFLOW_TRACKING_URI, else mlruns/): list, show, doctor."""
+
+
+@runs_group.command("list")
+@click.option("-e", "--experiment", help="Only this experiment (default: all).")
+@click.option("-n", "--limit", default=20, show_default=True, help="The newest this many runs.")
+@click.option("--status", type=click.Choice(["RUNNING", "FINISHED", "FAILED", "KILLED"], case_sensitive=False))
+def runs_list(experiment, limit, status) -> None:
+    """Recent top-level runs with their headline test and validation metrics."""
+    from recbert.runs import format_runs, list_runs
+
+    click.echo(format_runs(list_runs(experiment=experiment, limit=limit, status=status)))
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+def runs_show(run_id) -> None:
+    """One run: status, error, tags, final metrics, params."""
+    from recbert.runs import show_run
+
+    click.echo(show_run(run_id))
+
+
+@runs_group.command("doctor")
+@click.option("-e", "--experiment", help="Only this experiment (default: all).")
+@click.option("--fix", is_flag=True, help="Mark the runs whose process is gone as KILLED.")
+def runs_doctor(experiment, fix) -> None:
+    """Find RUNNING runs whose process has died (SIGKILL, out of memory): exit status 1
+    when there are some and --fix is not given."""
+    from recbert.runs import find_stale_runs, mark_killed
+
+    stale, elsewhere = find_stale_runs(experiment=experiment)
+    for s in stale:
+        click.echo(f"{s.row.run_id}  {s.row.name}: RUNNING, but {s.reason}" + ("; marked KILLED" if fix else ""))
+    for r in elsewhere:
+        click.echo(f"{r.run_id}  {r.name}: RUNNING on {r.tags.get('recbert.host', 'an unknown host')}: "
+                   "cannot be checked from here")
+    if fix:
+        mark_killed(stale)
+    if not stale and not elsewhere:
+        click.echo("no runs left RUNNING")
+    elif stale and not fix:
+        click.echo(f"{len(stale)} run(s) left RUNNING by a dead process: `recbert runs doctor --fix` marks them KILLED")
+        click.get_current_context().exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        cli.main(args=argv, prog_name="recbert", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="recbert", standalone_mode=False)
+        if isinstance(code, int):  # a command's ctx.exit(code)
+            return code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -417,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except RecbertError as exc:
         click.echo(f"error: {exc}", err=True)
-        return 2
+        return getattr(exc, "exit_code", 2)
     return 0
 
 

@@ -230,6 +230,23 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    """Crash-safe training (:mod:`recbert.training.checkpoints`): the loop's whole state is
+    written under ``{out_dir}/checkpoints/{run}/`` after every epoch and every
+    ``every_steps`` optimiser steps; `recbert train --resume RUN` continues from the newest."""
+
+    enabled: bool = True
+    every_steps: int = 0  # also every N steps within an epoch (0: at epoch ends only)
+    keep_last: int = 2  # checkpoint files kept per run (older ones are deleted)
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0:
+            raise ConfigError(f"checkpoint.every_steps must be >= 0 (0: at epoch ends only), got {self.every_steps}")
+        if self.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last must be >= 1, got {self.keep_last}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything one `recbert train` run needs."""
 
@@ -239,6 +256,7 @@ class RunConfig:
     train: StageConfig = field(default_factory=lambda: StageConfig(objective="mlm", epochs=30))
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 42
     device: str = "auto"
     threads: Optional[int] = None  # torch intra-op threads (None: torch default)

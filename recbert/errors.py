@@ -30,3 +30,15 @@ class DivergenceError(RecbertError):
 
     def __reduce__(self):  # keeps ``detail`` when sent between processes (pickled)
         return type(self), (str(self), self.detail)
+
+
+class Interrupted(RecbertError):
+    """The process was asked to stop (SIGTERM, Ctrl-C) during a job; ``exit_code`` is the
+    shell's convention for the signal (128 + its number)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):
+        return type(self), (str(self), self.exit_code)

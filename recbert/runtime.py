@@ -1,5 +1,6 @@
-"""Process set-up shared by every job: seeds, torch threads, the device and, under
-torchrun, the process group of distributed training (:class:`DistributedContext`)."""
+"""Process set-up shared by every job: seeds and the random states a checkpoint saves,
+torch threads, the device and, under torchrun, the process group of distributed training
+(:class:`DistributedContext`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional, TypeVar
 import numpy as np
 import torch
 
-from recbert.errors import ConfigError
+from recbert.errors import ConfigError, Interrupted
 
 T = TypeVar("T")
 
@@ -21,6 +22,77 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """The random states of python, numpy (legacy global), torch CPU and every CUDA device."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def numpy_generator_state(rng: np.random.Generator) -> dict[str, Any]:
+    """A numpy Generator's bit-generator state in a form ``weights_only`` loading accepts
+    (its 128-bit integers as decimal strings)."""
+    return _ints_to_str(rng.bit_generator.state)
+
+
+def set_numpy_generator_state(rng: np.random.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = _str_to_ints(state)
+
+
+def _ints_to_str(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _ints_to_str(v) for k, v in value.items()}
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return f"int:{int(value)}"
+    return value
+
+
+def _str_to_ints(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _str_to_ints(v) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith("int:"):
+        return int(value[4:])
+    return value
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """Within: SIGTERM raises :class:`~recbert.errors.Interrupted` (exit code 143) in the
+    main thread, as Ctrl-C raises KeyboardInterrupt, so that a job ends its MLflow run as
+    KILLED and says where its checkpoint is; the previous handler is restored after.
+    Off the main thread (where signals cannot be handled) it does nothing."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted("terminated (SIGTERM)", 128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def set_threads(threads: Optional[int]) -> None:

@@ -11,19 +11,25 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
+import socket
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 from recbert.config import TrackingConfig
-from recbert.errors import CheckpointError, RecbertError
+from recbert.errors import CheckpointError, Interrupted, RecbertError
 
 log = logging.getLogger("recbert.tracking")
 
 DEFAULT_HOME = Path("mlruns")
 MODEL_ARTIFACT = "model"
-ERROR_TAG = "recbert.error"  # the message of the error that ended a FAILED run
+ERROR_TAG = "recbert.error"  # the message of the error that ended a FAILED or KILLED run
+PID_TAG, HOST_TAG = "recbert.pid", "recbert.host"  # the process a RUNNING run lives in (`recbert runs doctor`)
+RESUMED_TAG = "recbert.resumed"  # how many times the run was resumed from a checkpoint
+CHECKPOINT_TAG = "recbert.checkpoint"  # the checkpoint a resumed run continued from
 MAX_TAG_LENGTH = 5000  # MLflow stores tag values of up to 8,000 characters
 
 
@@ -59,7 +65,12 @@ class Tracker:
         self.uri: Optional[str] = None
         self.parent_run_id = parent_run_id
 
-    def start(self, params: dict[str, Any], run_name: Optional[str] = None) -> Optional[str]:
+    def start(self, params: dict[str, Any], run_name: Optional[str] = None,
+              tags: Optional[dict[str, str]] = None) -> Optional[str]:
+        """Create the run, log ``params`` and tag it with ``tags`` plus :func:`system_tags`.
+        Its name: ``tracking.run_name`` when set, else ``run_name`` (or the experiment's)
+        with the UTC start time and 4 random hex digits (not from the seeded generators)
+        appended on a top-level run, so that names tell runs apart."""
         if not self.config.enabled:
             return None
         from mlflow.entities import Param
@@ -73,14 +84,48 @@ class Tracker:
             exp_id = self.client.create_experiment(self.config.experiment, artifact_location=location)
         else:
             exp_id = exp.experiment_id
-        tags = {"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else None
-        run = self.client.create_run(exp_id, run_name=run_name or self.config.run_name, tags=tags)
+        name = self.config.run_name or run_name or self.config.experiment
+        if not self.config.run_name and not self.parent_run_id:
+            name = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        all_tags = {**system_tags(), **(tags or {})}
+        if self.parent_run_id:
+            all_tags["mlflow.parentRunId"] = self.parent_run_id
+        run = self.client.create_run(exp_id, run_name=name, tags=all_tags)
         self.run_id = run.info.run_id
         items = [Param(k, "None" if v is None else str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         log.info("MLflow run %s (experiment %r, %s)", self.run_id, self.config.experiment, self.uri)
         return self.run_id
+
+    def resume(self, run_id: Optional[str], checkpoint: str | Path = "") -> None:
+        """Continue run ``run_id`` (from a checkpoint): it is RUNNING again, in this
+        process, with the resume counted; a run whose process still lives is refused.
+        ``run_id`` None (the run was not tracked): nothing to continue."""
+        if not self.config.enabled or run_id is None:
+            return
+        self.client, self.uri = _client(self.config)
+        try:
+            run = self.client.get_run(run_id)
+        except Exception:
+            raise CheckpointError(f"cannot resume MLflow run {run_id}: it is not in {self.uri} (set "
+                                  "MLFLOW_TRACKING_URI / tracking.tracking_uri to the store it was logged to)") from None
+        if run.info.status == "FINISHED":
+            raise CheckpointError(f"run {run_id} has FINISHED: there is nothing to resume (start a new run)")
+        if run.info.status == "RUNNING" and process_alive(run.data.tags):
+            raise CheckpointError(f"run {run_id} is still running in process {run.data.tags.get(PID_TAG)} on "
+                                  "this host; stop it first or wait for it")
+        if run.info.status == "RUNNING":
+            log.warning("run %s was left RUNNING by process %s, which is gone (SIGKILL, out of memory?): continuing it",
+                        run_id, run.data.tags.get(PID_TAG, "?"))
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        times = int(run.data.tags.get(RESUMED_TAG, "0")) + 1
+        for key, value in {**system_tags(), RESUMED_TAG: str(times), CHECKPOINT_TAG: str(checkpoint)}.items():
+            self.client.set_tag(run_id, key, value)
+        if ERROR_TAG in run.data.tags:
+            self.client.delete_tag(run_id, ERROR_TAG)
+        log.info("MLflow run %s resumed (was %s; resume %d)", run_id, run.info.status, times)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         if self.run_id is None:
@@ -120,12 +165,72 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if isinstance(exc, KeyboardInterrupt):
+        if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+            if self.run_id is not None:
+                self.set_tag(ERROR_TAG, str(exc) or "interrupted (Ctrl-C)")
             self.end("KILLED")
         elif exc is not None:
             self.fail(exc)
         else:
             self.end("FINISHED")
+
+
+def system_tags() -> dict[str, str]:
+    """Where a run ran: recbert / torch / faiss versions, the git commit of the recbert
+    source when it is a checkout, host, process id and torch threads."""
+    import platform
+
+    import torch
+
+    tags = {"recbert.version": _version("recbert"), "recbert.torch_version": torch.__version__,
+            "recbert.faiss_version": _version("faiss-cpu") or _version("faiss-gpu") or _version("faiss"),
+            "recbert.python_version": platform.python_version(), HOST_TAG: socket.gethostname(),
+            PID_TAG: str(os.getpid()), "recbert.threads": str(torch.get_num_threads()),
+            "recbert.cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return {k: v for k, v in tags.items() if v}
+
+
+def _version(package: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the checkout recbert is imported from (None when not a git checkout);
+    ``-dirty`` is appended when tracked files have changes."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head
+
+
+def process_alive(tags: dict[str, str]) -> bool:
+    """Whether the process a run's tags name lives on this host (False for another host's
+    run, which cannot be checked from here, and for runs without the tags)."""
+    pid = tags.get(PID_TAG, "")
+    if tags.get(HOST_TAG) != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @contextmanager

@@ -51,7 +51,7 @@ def test_flat_keys_are_dotted_and_values_scalar():
     assert json.loads(flat["model.feature_cardinalities"]) == {}
     for key, value in flat.items():
         assert value is None or isinstance(value, (str, int, float, bool)), (key, value)
-    sections = {"data", "model", "pretrain", "train", "eval", "tracking"}
+    sections = {"data", "model", "pretrain", "train", "eval", "tracking", "checkpoint"}
     for key in flat:
         head, _, tail = key.partition(".")
         if tail:

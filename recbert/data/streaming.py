@@ -71,6 +71,12 @@ class ShardWindows(IterableDataset):
     def __len__(self) -> int:
         return self.n_windows
 
+    def state_dict(self) -> dict:
+        return {}  # an epoch's order is drawn from (seed, epoch) alone
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
     def item_counts(self, n_items: int) -> np.ndarray:
         """Events per item in the shards' training part (written with the shards)."""
         counts = self.shards.train_item_counts()

@@ -19,6 +19,7 @@ from recbert.data.shards import ShardSet
 from recbert.data.streaming import ShardWindows
 from recbert.data.vocab import item_index
 from recbert.errors import ConfigError
+from recbert.runtime import numpy_generator_state, set_numpy_generator_state
 
 TrainData = Union[Sequences, ShardSet]
 
@@ -31,6 +32,10 @@ class WindowSource(Protocol):
     def rows(self, epoch: int) -> Iterator[torch.Tensor]: ...
 
     def item_counts(self, n_items: int) -> np.ndarray: ...
+
+    def state_dict(self) -> dict: ...  # what the epochs still to come draw from (for checkpoints)
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class MemoryWindows:
@@ -64,6 +69,12 @@ class MemoryWindows:
     def rows(self, epoch: int) -> Iterator[torch.Tensor]:
         for idx in self.batch_windows(epoch):
             yield torch.from_numpy(left_pad(self.items, self.windows.starts[idx], self.windows.ends[idx], self.span))
+
+    def state_dict(self) -> dict:
+        return {"order": numpy_generator_state(self.rng)}
+
+    def load_state_dict(self, state: dict) -> None:
+        set_numpy_generator_state(self.rng, state["order"])
 
     def item_counts(self, n_items: int) -> np.ndarray:
         items = item_index(self.items, n_items)

@@ -14,7 +14,6 @@ score ``-inf`` and id :data:`PAD_ID` (``-1``) for integer ids or ``None`` for st
 from __future__ import annotations
 
 import collections
-import hashlib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recbert.digest import file_sha256
 from recbert.index import device as _device
 from recbert.index.spec import (
     INDEX_KINDS,
@@ -357,7 +357,7 @@ class VectorIndex:
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "built_on": self._info.get("built_on", self._device),
                 "files": {
-                    name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+                    name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                     for name in (INDEX_FILE, IDS_FILE)
                 },
             }
@@ -407,7 +407,7 @@ class VectorIndex:
             if not path.is_file():
                 raise IndexFileMissingError(f"{path} is missing (listed in {sidecar_path})")
             if verify_checksums:
-                actual = _sha256(path)
+                actual = file_sha256(path)
                 expected = meta["files"][name]["sha256"]
                 if actual != expected:
                     raise IndexFileError(
@@ -638,14 +638,6 @@ def _check_source(source: dict[str, Any] | None) -> dict[str, Any]:
 
 
 # --- helpers: files -------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:

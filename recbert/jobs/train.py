@@ -1,6 +1,12 @@
 """Batch job: events parquet -> sequences -> (MLM pretraining) -> training ->
 full-ranking test evaluation -> model directory, all tracked in MLflow.
 
+Crash-safe: the training loop checkpoints after every epoch (``checkpoint.*``) under
+``{out_dir}/checkpoints/{run}/``; ``run_training(..., resume=find_resume_point(run))``
+continues a killed run in the same MLflow run and ends with the weights the uninterrupted
+run would have (:mod:`recbert.jobs.resume`). SIGTERM and Ctrl-C end the run as KILLED,
+with the checkpoint to resume from in the message.
+
 Under torchrun (``WORLD_SIZE`` > 1) the stages train data-parallel on all ranks, which
 validate and test together (each ranks a share of the users); rank 0 alone logs to MLflow
 and writes the model directory (and the shards, with ``data.shards``)."""
@@ -13,7 +19,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,10 +33,15 @@ from recbert.data.prepare import prepare_data, shard_splits
 from recbert.data.shards import ensure_shards
 from recbert.data.vocab import ItemVocab
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
+from recbert.errors import Interrupted
+from recbert.jobs.resume import ResumePoint, check_same_config, checkpoint_dir, events_digest, new_run_key
 from recbert.model.checkpoint import METRICS_FILE, RUN_CONFIG_FILE
 from recbert.model.recommender import SequenceRecommender
-from recbert.runtime import DistributedContext, distributed, on_main, rank_seed, seed_everything, set_threads
+from recbert.runtime import (DistributedContext, distributed, interruptible, on_main, rank_seed, seed_everything,
+                             set_threads)
 from recbert.tracking import MODEL_ARTIFACT, Tracker
+from recbert.training.checkpoints import Checkpointing, CheckpointStore
+from recbert.training.loop import FitResult
 from recbert.training.refit import refit_stage
 from recbert.training.trainer import StageResult, train_stage
 
@@ -65,13 +75,16 @@ def build_model(config: RunConfig, vocab: ItemVocab) -> SequenceRecommender:
     return model
 
 
-def run_training(config: RunConfig, events: Optional[EventSource] = None) -> TrainResult:
-    """Train and test ``config``'s model; under torchrun on every rank, distributed."""
+def run_training(config: RunConfig, events: Optional[EventSource] = None,
+                 resume: Optional[ResumePoint] = None) -> TrainResult:
+    """Train and test ``config``'s model; under torchrun on every rank, distributed.
+    ``resume``: continue the run a checkpoint was written by (:func:`find_resume_point`)."""
     with distributed(config.device) as context:
-        return _run_training(config, events, context)
+        return _run_training(config, events, context, resume)
 
 
-def _run_training(config: RunConfig, events: Optional[EventSource], context: DistributedContext) -> TrainResult:
+def _run_training(config: RunConfig, events: Optional[EventSource], context: DistributedContext,
+                  resume: Optional[ResumePoint]) -> TrainResult:
     started = time.perf_counter()
     seed_everything(config.seed)
     set_threads(config.threads)
@@ -88,45 +101,125 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %d parameters, device %s%s", n_params, device,
              f", rank {context.rank} of {context.world_size}" if context.distributed else "")
+    digest = on_main(lambda: events_digest(config, events), context)
+    if resume is not None:
+        check_same_config(resume.config, config)
+        resume.check_events(digest)
 
     tracking = config.tracking if context.is_main else dataclasses.replace(config.tracking, enabled=False)
     tracker = Tracker(tracking)
-    with tracker:
-        # params: the config as loaded, with the sizes the data decided (a copy; config is read-only)
-        tracker.start(dataclasses.replace(config, model=model.config).flat())
+    where: dict[str, Any] = {}  # the run's checkpoints, once known: for the message of an interruption
+    try:
+        with interruptible(), tracker:
+            summary, model_dir, results = _tracked_training(config, model, vocab, splits, tracker, context, resume,
+                                                            digest, started, where)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        raise Interrupted(interrupted_message(exc, where), getattr(exc, "exit_code", 130)) from None
+    return TrainResult(tracker.run_id, model_dir, summary, results, time.perf_counter() - started, context.is_main)
+
+
+def _tracked_training(config: RunConfig, model: SequenceRecommender, vocab: ItemVocab, splits, tracker: Tracker,
+                      context: DistributedContext, resume: Optional[ResumePoint], digest: Optional[str],
+                      started: float, where: dict[str, Any]) -> tuple[dict[str, float], Path, list[StageResult]]:
+    """The stages, the refit and the test inside the MLflow run; ``where`` learns the
+    run's name and checkpoint store as soon as they exist."""
+    device = context.device
+    n_params = sum(p.numel() for p in model.parameters())
+    if resume is not None:
+        tracker.resume(resume.run_id, resume.path)
+    else:  # params: the config as loaded, with the sizes the data decided (a copy; config is read-only)
+        tracker.start(dataclasses.replace(config, model=model.config).flat(), run_name=run_name_of(config),
+                      tags={"recbert.job": "train", "recbert.data_path": str(config.data.events),
+                            "recbert.data_sha256": digest or "in-memory", "recbert.device": str(device)})
         tracker.log_metrics({"data/n_items": vocab.n_items, "data/n_train_sequences": len(splits.train),
                              "data/n_test_users": len(splits.test), "model/n_parameters": n_params})
-        results, step, last = [], 0, None
-        for name, stage in (("pretrain", config.pretrain), ("train", config.train)):
-            if stage.epochs == 0:
-                continue
-            start = copy.deepcopy(model.state_dict()) if config.refit else None  # what a refit starts from
-            res = train_stage(model, splits, stage, config.eval, name=name, seed=config.seed,
-                              data=config.data, device=device,
-                              sink=tracker.log_metrics, step_offset=step, context=context)
-            step += res.epochs_run
-            results.append(res)
-            last = (stage, res, start)
-        selected: dict[str, float] = {}
-        if config.refit and last is not None:  # the last stage again, from its start, on train + val targets
+    run_key = resume.run_key if resume is not None else tracker.run_id or new_run_key()
+    store = CheckpointStore(checkpoint_dir(config, run_key), config.checkpoint.keep_last)
+    where.update(run_key=run_key, store=store)
+    job = resume.job if resume is not None else {"phase": 0, "step": 0, "results": [], "stage_start": None,
+                                                 "selected": {}}
+    results = [FitResult(**r) for r in job["results"]]
+    step = job["step"]
+
+    def checkpointing(phase: int, start: Optional[dict], selected: dict) -> Optional[Checkpointing]:
+        if not config.checkpoint.enabled:
+            return None
+        done = [dataclasses.asdict(r) for r in results]  # the phases before this one
+        at = step
+
+        def save(loop: dict) -> None:
+            if context.is_main:
+                store.save({"job": {"run_id": tracker.run_id, "run_key": run_key, "events_sha256": digest,
+                                    "config": json.dumps(config.to_dict()), "phase": phase, "step": at,
+                                    "results": done, "stage_start": start, "selected": selected},
+                            "loop": loop})
+        return Checkpointing(save, config.checkpoint.every_steps)
+
+    def loop_resume(phase: int) -> Optional[dict]:
+        return resume.loop if resume is not None and resume.phase == phase else None
+
+    stages = [(n, s) for n, s in (("pretrain", config.pretrain), ("train", config.train)) if s.epochs > 0]
+    last = None
+    for phase, (name, stage) in enumerate(stages):
+        if resume is not None and phase < resume.phase:  # finished before the checkpoint
+            last = (stage, results[phase], None)
+            continue
+        state = loop_resume(phase)
+        start = None  # what a refit starts from
+        if config.refit:
+            start = job["stage_start"] if state is not None else copy.deepcopy(model.state_dict())
+        res = train_stage(model, splits, stage, config.eval, name=name, seed=config.seed,
+                          data=config.data, device=device, sink=tracker.log_metrics, step_offset=step,
+                          context=context, checkpointing=checkpointing(phase, start, {}), resume=state)
+        step += res.epochs_run
+        results.append(res)
+        last = (stage, res, start)
+    selected: dict[str, float] = {}
+    if config.refit and last is not None:  # the last stage again, from its start, on train + val targets
+        phase, (stage, res, start) = len(stages), last
+        state = loop_resume(phase)
+        if state is not None:  # the refit's checkpoint holds its weights and the selected model's metrics
+            selected = job["selected"]
+        else:
             selected = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device,
                                         context=context)
-            stage, res, start = last
             model.load_state_dict(start)
-            refit = refit_stage(model, splits, stage, res, config.eval, seed=config.seed, data=config.data,
-                                device=device, sink=tracker.log_metrics, step_offset=step, context=context)
-            step += refit.epochs_run
-            results.append(refit)
-        test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device, context=context)
-        summary, model_dir = on_main(lambda: test_and_save(model, vocab, splits.test, test, config, tracker, results,
-                                                           step, device, started, selected), context)
-    return TrainResult(tracker.run_id, model_dir, summary, results, time.perf_counter() - started, context.is_main)
+        refit = refit_stage(model, splits, stage, res, config.eval, seed=config.seed, data=config.data,
+                            device=device, sink=tracker.log_metrics, step_offset=step, context=context,
+                            checkpointing=checkpointing(phase, None, selected), resume=state)
+        step += refit.epochs_run
+        results.append(refit)
+    test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device, context=context)
+    summary, model_dir = on_main(lambda: test_and_save(model, vocab, splits.test, test, config, tracker, results,
+                                                       step, device, started, selected, run_key), context)
+    return summary, model_dir, results
+
+
+def run_name_of(config: RunConfig) -> str:
+    """``<dataset>-<objectives>``: the events file's stem (its folder's name for a file
+    called events.parquet) and the stages' objectives, e.g. ``beauty-mlm_attributes-next_item``."""
+    path = Path(str(config.data.events))
+    dataset = path.parent.name if path.stem == "events" and path.parent.name else path.stem
+    objectives = [s.objective for s in (config.pretrain, config.train) if s.epochs > 0]
+    return "-".join([dataset or "events", *objectives])
+
+
+def interrupted_message(exc: BaseException, where: dict[str, Any]) -> str:
+    """One line for a stopped training: what stopped it and how to continue."""
+    what = str(exc) if isinstance(exc, Interrupted) else "interrupted (Ctrl-C)"
+    store = where.get("store")
+    files = store.files() if store is not None else []
+    if not files:
+        return f"{what}: training stopped before its first checkpoint"
+    return (f"{what}: training stopped; its newest checkpoint is {files[-1]}: continue with "
+            f"`recbert train --resume {store.directory}`")
 
 
 def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, test: dict[str, float],
                   config: RunConfig, tracker: Tracker,
                   results: list[StageResult], step: int, device: torch.device,
-                  started: float, selected: Optional[dict[str, float]] = None) -> tuple[dict[str, float], Path]:
+                  started: float, selected: Optional[dict[str, float]] = None,
+                  run_key: Optional[str] = None) -> tuple[dict[str, float], Path]:
     """The trained model's test metrics and layer-fusion weights, logged to ``tracker``, and
     the model directory it was saved to: ``(summary metrics, directory)``. ``selected``: the
     test metrics of the validation-selected model a refit replaced (``test_selected/*``)."""
@@ -144,8 +237,7 @@ def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, test:
             summary[f"{r.name}/mean_epoch_seconds"] = r.train_seconds / r.epochs_run
     tracker.log_metrics(summary, step)
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    model_dir = Path(config.out_dir) / (tracker.run_id or f"run-{stamp}")
+    model_dir = Path(config.out_dir) / (run_key or tracker.run_id or new_run_key())
     trained = dataclasses.replace(config, model=model.config)  # with the attention training left it in
     extra = {RUN_CONFIG_FILE: json.dumps(trained.to_dict(), indent=2, sort_keys=True) + "\n",
              METRICS_FILE: json.dumps(summary, indent=2, sort_keys=True) + "\n"}

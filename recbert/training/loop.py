@@ -18,6 +18,7 @@ keeps the same weights and stops together."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -28,8 +29,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from recbert.errors import DivergenceError
-from recbert.runtime import DistributedContext, on_main
+from recbert.errors import CheckpointError, DivergenceError
+from recbert.runtime import DistributedContext, on_main, rng_state, set_rng_state
+from recbert.training.checkpoints import Checkpointing
 from recbert.training.distributed import sum_over_ranks, sum_values_over_ranks, wrap_for_training
 from recbert.training.losses import check_finite_loss
 from recbert.training.optim import clip_gradients, set_train_modes
@@ -103,14 +105,17 @@ class FitResult:
 def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer,
         schedule: torch.optim.lr_scheduler.LRScheduler, settings: FitSettings,
         validate: Optional[Validator] = None, sink: Optional[Sink] = None, step_offset: int = 0,
-        context: DistributedContext = DistributedContext()) -> FitResult:
+        context: DistributedContext = DistributedContext(), checkpointing: Optional[Checkpointing] = None,
+        resume: Optional[dict[str, Any]] = None) -> FitResult:
     """Train ``model`` in place; on return it holds the best validated weights (the last
     ones without a validator). Record keys: ``{name}/loss``, ``{name}/{part}``,
     ``{name}/lr``, ``{name}/steps``, ``{name}/epoch_seconds``,
     ``{name}/sequences_per_second`` and the validator's metrics; the sink gets each
     record at step ``step_offset + epoch``. A NaN/inf loss or validation score raises
     :class:`DivergenceError` naming the stage, epoch and step. ``context``: the ranks that
-    train together (one process by default)."""
+    train together (one process by default). ``checkpointing``: save the loop's state after
+    every epoch (and every ``every_steps`` steps); ``resume``: such a state, to continue
+    from (the same parts, built alike: the run then ends with the same weights)."""
     name = objective.name
     sign = 1.0 if settings.higher_is_better else -1.0
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -133,15 +138,45 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         set_train_modes(model)
         return float(score), metrics
 
-    if validate is not None and settings.evaluate_first:
+    first_epoch, partial = 1, None
+    if resume is not None:  # a checkpoint of this stage (see checkpoint_state)
+        first_epoch, partial, best_state, waited = _restore(resume, model, optimizer, schedule, objective, result,
+                                                             context)
+        started -= resume["elapsed"]
+    elif validate is not None and settings.evaluate_first:
         result.best_score, _ = run_validation(0)
         best_state = _snapshot(model)
-    for epoch in range(1, settings.epochs + 1):
+
+    def checkpoint(epoch: int, skip: int, done: bool, epoch_start: dict, sums: dict, count: int,
+                   seconds: float) -> None:
+        ranks = _gather_ranks({"objective": _objective_state(objective), "objective_epoch_start": epoch_start,
+                               "rng": rng_state(), "sums": dict(sums), "count": count}, context)
+        checkpointing.save({"next_epoch": epoch, "skip": skip, "done": done, "elapsed": time.perf_counter() - started,
+                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(), "result": dataclasses.asdict(result),
+                            "waited": waited, "best_state": best_state, "epoch_seconds": seconds, "ranks": ranks,
+                            "world_size": context.world_size})
+
+    epochs = range(first_epoch, settings.epochs + 1) if not (resume and resume["done"]) else range(0)
+    for epoch in epochs:
         set_train_modes(model)
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
         count = steps = 0
-        bar = tqdm(objective.batches(epoch), total=objective.steps_per_epoch, desc=f"{name} {epoch}/{settings.epochs}",
+        prior_seconds = 0.0  # of this epoch, before the checkpoint it resumed from
+        epoch_start = _objective_state(objective) if partial is None else partial["objective_epoch_start"]
+        if partial is not None:
+            _load_objective_state(objective, epoch_start)
+        batches = iter(objective.batches(epoch))
+        if partial is not None:  # resumed within this epoch: replay its batch draws up to the checkpoint
+            for _ in range(partial["skip"]):
+                next(batches)
+            _load_objective_state(objective, partial["objective"])
+            set_rng_state(partial["rng"])
+            sums, count, steps, prior_seconds = dict(partial["sums"]), partial["count"], partial["skip"], \
+                partial["epoch_seconds"]
+            partial = None
+        bar = tqdm(batches, total=objective.steps_per_epoch, initial=steps, desc=f"{name} {epoch}/{settings.epochs}",
                    leave=False, mininterval=1.0, disable=not settings.progress)
         for batch in bar:
             with autocast:
@@ -159,10 +194,13 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
                 sums[key] = sums.get(key, 0.0) + value.item() * step.n
             if steps % 20 == 1:
                 bar.set_postfix(loss=f"{sums['loss'] / count:.4f}", seq_s=f"{count / (time.perf_counter() - t0):.0f}")
+            if checkpointing and checkpointing.every_steps and steps % checkpointing.every_steps == 0 \
+                    and steps < objective.steps_per_epoch:
+                checkpoint(epoch, steps, False, epoch_start, sums, count, prior_seconds + time.perf_counter() - t0)
         bar.close()
         sums = sum_values_over_ranks({**sums, COUNT: float(count)}, context)
         count = int(sums.pop(COUNT))
-        epoch_seconds = time.perf_counter() - t0
+        epoch_seconds = prior_seconds + time.perf_counter() - t0
         result.train_seconds += epoch_seconds
         result.sequences += count
         result.epochs_run = epoch
@@ -190,10 +228,13 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
             sink(record, step_offset + epoch)
         if not improved and waited >= settings.patience:
             result.stopped = f"early stop: no improvement in {settings.patience} evaluations"
-            break
-        if settings.max_minutes is not None and on_main(lambda: time.perf_counter() - started > 60 *
-                                                        settings.max_minutes, context):
+        elif settings.max_minutes is not None and on_main(lambda: time.perf_counter() - started > 60 *
+                                                          settings.max_minutes, context):
             result.stopped = f"time budget of {settings.max_minutes} min reached"
+        if checkpointing:  # after the sink: a kill in between repeats this epoch's record, never loses it
+            checkpoint(epoch + 1, 0, result.stopped_early or epoch == settings.epochs, _objective_state(objective),
+                       {}, 0, 0.0)
+        if result.stopped_early:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
@@ -205,6 +246,48 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         log.info("%s: %s after %d epochs; best val %.4f at epoch %d (%.0fs)", name, result.stopped,
                  result.epochs_run, result.best_score, result.best_epoch, result.seconds)
     return result
+
+
+def _objective_state(objective: Objective) -> dict[str, Any]:
+    return objective.state_dict() if hasattr(objective, "state_dict") else {}
+
+
+def _load_objective_state(objective: Objective, state: dict[str, Any]) -> None:
+    if hasattr(objective, "load_state_dict"):
+        objective.load_state_dict(state)
+
+
+def _gather_ranks(state: dict[str, Any], context: DistributedContext) -> list[dict[str, Any]]:
+    """This rank's part of a checkpoint, gathered from every rank (rank r's at index r)."""
+    if not context.distributed:
+        return [state]
+    parts: list[Any] = [None] * context.world_size
+    torch.distributed.all_gather_object(parts, state)
+    return parts
+
+
+def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+             schedule: torch.optim.lr_scheduler.LRScheduler, objective: Objective, result: FitResult,
+             context: DistributedContext) -> tuple[int, Optional[dict[str, Any]], Optional[dict], int]:
+    """Load a loop checkpoint into the parts; ``(first epoch, this rank's part of an epoch to
+    finish or None, best weights, evaluations waited)``."""
+    if state["world_size"] != context.world_size:
+        raise CheckpointError(f"the checkpoint was written by {state['world_size']} process(es), this run has "
+                              f"{context.world_size}: resume with the same number of processes")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    for key, value in state["result"].items():
+        setattr(result, key, value)
+    mine = state["ranks"][context.rank]
+    _load_objective_state(objective, mine["objective"])
+    set_rng_state(mine["rng"])
+    partial = None
+    if state["skip"]:
+        partial = {**mine, "skip": state["skip"], "epoch_seconds": state["epoch_seconds"]}
+    log.info("%s: resumed at epoch %d%s", result.name, state["next_epoch"],
+             f", step {state['skip']}" if state["skip"] else "")
+    return state["next_epoch"], partial, state["best_state"], state["waited"]
 
 
 def _snapshot(model: nn.Module) -> dict[str, Tensor]:

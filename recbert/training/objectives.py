@@ -52,11 +52,22 @@ class WindowObjective:
         self.generator = torch.Generator().manual_seed(rank_seed(seed, context.rank))
         self.n_items = n_items = catalogue_size(n_tokens, hash_buckets)
         # its own generator: sampling negatives leaves the masking and batch order as they are
-        negatives = torch.Generator().manual_seed(rank_seed(seed + 1, context.rank))
+        self.negatives = negatives = torch.Generator().manual_seed(rank_seed(seed + 1, context.rank))
         self.loss_fn = build_loss(LossContext(stage, n_items, self.source.item_counts(n_items), negatives, name))
 
     def __len__(self) -> int:
         return len(self.source)
+
+    def state_dict(self) -> dict:
+        """What the steps still to come draw from: the masking, negatives and batch-order
+        random states (a checkpoint's part of the objective)."""
+        return {"masking": self.generator.get_state(), "negatives": self.negatives.get_state(),
+                "source": self.source.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["masking"])
+        self.negatives.set_state(state["negatives"])
+        self.source.load_state_dict(state["source"])
 
     @classmethod
     def check(cls, name: str, config: ModelConfig) -> None:

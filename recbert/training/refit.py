@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -20,6 +20,7 @@ from recbert.config import DataConfig, EvalConfig, StageConfig
 from recbert.data.sequences import Splits, with_validation_targets
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext
+from recbert.training.checkpoints import Checkpointing
 from recbert.training.loop import FitResult
 from recbert.training.trainer import MetricSink, train_stage
 
@@ -35,13 +36,15 @@ def refit_epochs(result: FitResult) -> int:
 def refit_stage(model: SequenceRecommender, splits: Splits, stage: StageConfig, selected: FitResult,
                 eval_config: EvalConfig, seed: int = 0, data: DataConfig = DataConfig(),
                 device: torch.device | str = "cpu", sink: Optional[MetricSink] = None, step_offset: int = 0,
-                context: DistributedContext = DistributedContext()) -> FitResult:
+                context: DistributedContext = DistributedContext(), checkpointing: Optional[Checkpointing] = None,
+                resume: Optional[dict[str, Any]] = None) -> FitResult:
     """Train ``model`` (holding the weights the stage started from) in place through
     ``stage`` again, for the epochs ``selected`` (the result of its selection run) chose,
-    named ``refit_<stage>``, on the training sequences plus the validation targets."""
+    named ``refit_<stage>``, on the training sequences plus the validation targets
+    (``checkpointing`` / ``resume`` as in :func:`~recbert.training.loop.fit`)."""
     refit = dataclasses.replace(splits, train=with_validation_targets(splits.train, splits.val))
     log.info("refit of %s on %d sequences with the validation targets: %d epochs", selected.name, len(refit.train),
              refit_epochs(selected))
     return train_stage(model, refit, stage, eval_config, name=f"refit_{selected.name}", seed=seed, data=data,
                        device=device, sink=sink, step_offset=step_offset, context=context,
-                       stop_after=refit_epochs(selected))
+                       stop_after=refit_epochs(selected), checkpointing=checkpointing, resume=resume)

@@ -5,7 +5,7 @@ with early stopping on the validation ranking metric."""
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -15,6 +15,7 @@ from recbert.errors import ConfigError
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext
+from recbert.training.checkpoints import Checkpointing
 from recbert.training.loop import FitResult, FitSettings, fit
 from recbert.training.objectives import OBJECTIVES, build_objective
 from recbert.training.optim import lr_schedule, make_optimizer
@@ -40,13 +41,16 @@ def train_stage(
     step_offset: int = 0,
     context: DistributedContext = DistributedContext(),
     stop_after: Optional[int] = None,
+    checkpointing: Optional[Checkpointing] = None,
+    resume: Optional[dict[str, Any]] = None,
 ) -> FitResult:
     """Train ``model`` in place with ``stage.objective``; on return it holds the best
     validation weights and its attention is the objective's (causal for next-item).
     ``context``: the ranks that train together (data-parallel) and validate together (each
     ranks its share of the validation users). ``stop_after``: replay the stage's schedule
     (over ``stage.epochs``) for this many epochs without validation and keep the last
-    weights (a refit, :mod:`recbert.training.refit`)."""
+    weights (a refit, :mod:`recbert.training.refit`). ``checkpointing`` / ``resume``: as in
+    :func:`~recbert.training.loop.fit`."""
     causal = OBJECTIVES[stage.objective].causal
     if causal and model.config.reuse_block != "none":
         raise ConfigError(
@@ -79,6 +83,7 @@ def train_stage(
                            precision=stage.precision)
     validator = validate if len(splits.val) and not replay else None
     try:
-        return fit(model, objective, optimizer, schedule, settings, validator, sink, step_offset, context)
+        return fit(model, objective, optimizer, schedule, settings, validator, sink, step_offset, context,
+                   checkpointing, resume)
     finally:
         model.embeddings.item.sparse = False  # lazy updates end with the stage

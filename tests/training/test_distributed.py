@@ -26,6 +26,7 @@ from recbert.data.shards import open_shards, write_shards
 from recbert.data.streaming import ShardWindows
 from recbert.data.vocab import ItemVocab
 from recbert.errors import ConfigError
+from recbert.training.checkpoints import CheckpointStore
 from recbert.evaluation.ranking import evaluate_ranking
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, distributed
@@ -213,7 +214,11 @@ def test_recbert_train_under_torchrun_writes_once_from_rank_0(tmp_path, streamed
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("mlflow run id: ") == 1  # only rank 0 reports
     run_id = done.stdout.split("mlflow run id: ")[1].split()[0]
-    assert [p.name for p in (tmp_path / "runs").iterdir()] == [run_id]
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted([run_id, "checkpoints"])
+    # rank 0 alone wrote the checkpoints, each holding every rank's random states
+    assert [p.name for p in (tmp_path / "runs" / "checkpoints").iterdir()] == [run_id]
+    newest = CheckpointStore(tmp_path / "runs" / "checkpoints" / run_id).latest()[1]
+    assert newest["loop"]["world_size"] == 2 and len(newest["loop"]["ranks"]) == 2
     if streamed:  # written once, by rank 0, before the other rank read it
         assert open_shards(tmp_path / "shards").n_users == 120
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shards")]  # no second, racing writer
