@@ -6,10 +6,16 @@
 #
 #   benchmarks/finetune_gain.sh [OUT] [steps...]
 #   steps: pretrain gender age occupation gender_lr4 ctr ablate (default: all)
+#
+# PRETRAIN_ARGS (environment) is appended to both pretraining commands, e.g. the attribute
+# objective on the shipped genres (issue #9):
+#   PRETRAIN_ARGS='--set pretrain.objective=mlm_attributes --set data.item_features=data/ml-100k/items.parquet
+#     --set data.item_feature_columns=["genres"]' benchmarks/finetune_gain.sh runs/ft-attr pretrain gender
 set -euo pipefail
 OUT=${1:-runs/ft-bench}
 shift || true
 STEPS=${*:-pretrain gender age occupation gender_lr4 ctr ablate}
+read -r -a PRE <<< "${PRETRAIN_ARGS:-}"
 R=.venv/bin/recbert
 PY=.venv/bin/python
 mkdir -p "$OUT"
@@ -28,12 +34,12 @@ timed() { local name=$1; shift; /usr/bin/time -f "%e s" "$@" 2>"$OUT/$name.log" 
 if step pretrain; then
   # encoder for the user tasks: MLM on all events (labels are never seen)
   timed pretrain_all $R train -c configs/demo.toml --set pretrain.epochs=20 --set train.epochs=0 \
-    --set train.objective=mlm --set out_dir="$OUT" $EXP
+    --set train.objective=mlm --set out_dir="$OUT" $EXP "${PRE[@]}"
   # encoder for CTR: MLM on the events outside every user's CTR test part only
   $PY -c "from recbert.data.tasks import ctr_pretraining_events as f; \
 f('data/ml-100k/events.parquet').write_parquet('$OUT/ctr_pretrain_events.parquet')"
   timed pretrain_ctr $R train -c configs/demo.toml --set pretrain.epochs=20 --set train.epochs=0 \
-    --set train.objective=mlm --set out_dir="$OUT" --events "$OUT/ctr_pretrain_events.parquet" $EXP
+    --set train.objective=mlm --set out_dir="$OUT" --events "$OUT/ctr_pretrain_events.parquet" $EXP "${PRE[@]}"
 fi
 for task in gender age occupation; do
   if step $task; then
