@@ -120,13 +120,17 @@ def show_config(config: Path | None, overrides: tuple[str, ...]) -> None:
               help="Continue a killed run from its newest checkpoint: its MLflow run id (or name without MLflow), "
                    "its checkpoint folder or a checkpoint file. The run's own config is used; -c/--set, if given, "
                    "must resolve to the same.")
+@click.option("--register", "register_as", metavar="NAME",
+              help="Register the trained model in the MLflow model registry under NAME (tracking.register_as).")
 def train(config: Path | None, overrides: tuple[str, ...], events: str | None, no_mlflow: bool,
-          resume_from: str | None) -> None:
+          resume_from: str | None, register_as: str | None) -> None:
     """Train (MLM pretraining and/or next-item training) and evaluate on the test split.
     Checkpoints are written under {out_dir}/checkpoints/{run}/ (checkpoint.* keys)."""
     from recbert.jobs.train import format_metrics, run_training
 
     point = None
+    if register_as:
+        overrides = overrides + (f"tracking.register_as={register_as}",)
     if resume_from is None:
         cfg = _load_config(config, overrides, events, no_mlflow)
     else:

@@ -227,6 +227,9 @@ class TrackingConfig:
     experiment: str = "recbert"
     tracking_uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db
     run_name: Optional[str] = None
+    # register the trained model under this name in the MLflow model registry (a new version
+    # per run, its test metrics in the description); None: not registered
+    register_as: Optional[str] = None
 
 
 @dataclass(frozen=True)

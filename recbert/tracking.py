@@ -25,7 +25,8 @@ from recbert.errors import CheckpointError, Interrupted, RecbertError
 log = logging.getLogger("recbert.tracking")
 
 DEFAULT_HOME = Path("mlruns")
-MODEL_ARTIFACT = "model"
+MODEL_ARTIFACT = "model"  # the run's MLflow model (recbert.exports.mlflow_model)
+RECBERT_ARTIFACT = "recbert_model"  # the recbert model directory inside it
 ERROR_TAG = "recbert.error"  # the message of the error that ended a FAILED or KILLED run
 PID_TAG, HOST_TAG = "recbert.pid", "recbert.host"  # the process a RUNNING run lives in (`recbert runs doctor`)
 RESUMED_TAG = "recbert.resumed"  # how many times the run was resumed from a checkpoint
@@ -145,6 +146,21 @@ class Tracker:
         if self.run_id is not None:
             self.client.log_text(self.run_id, text, artifact_file)
 
+    def register_model(self, name: str, description: str = "") -> Optional[str]:
+        """A new version of registered model ``name`` (created when new) from this run's
+        ``model`` artifact, with ``description``; returns the version."""
+        if self.run_id is None:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+        source = f"{self.client.get_run(self.run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+        version = self.client.create_model_version(name, source, run_id=self.run_id, description=description)
+        return version.version
+
     def set_tag(self, key: str, value: str) -> None:
         if self.run_id is not None:
             self.client.set_tag(self.run_id, key, value)
@@ -248,7 +264,9 @@ def tracked(job: str, params: dict[str, Any], tracking: Optional[TrackingConfig]
 
 
 def download_model(run_id: str, config: TrackingConfig | None = None, dst: str | Path | None = None) -> Path:
-    """Fetch the model directory logged by run ``run_id``."""
+    """Fetch the recbert model directory logged by run ``run_id``: inside the MLflow model
+    at ``model/`` (its ``recbert_model`` artifact), or ``model/`` itself for runs logged
+    before models were MLflow models."""
     import mlflow
 
     cfg = config or TrackingConfig()
@@ -259,8 +277,23 @@ def download_model(run_id: str, config: TrackingConfig | None = None, dst: str |
     except Exception:
         raise CheckpointError(f"no MLflow run {run_id!r} in {uri}") from None
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
-                                                   tracking_uri=uri, dst_path=str(dst) if dst else None)
+        path = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=MODEL_ARTIFACT,
+                                                        tracking_uri=uri, dst_path=str(dst) if dst else None))
     except Exception as exc:
         raise CheckpointError(f"run {run_id} has no '{MODEL_ARTIFACT}' artifact: {exc}") from None
-    return Path(path)
+    return recbert_dir_of(path)
+
+
+def recbert_dir_of(path: Path) -> Path:
+    """The recbert model directory in a downloaded ``model`` artifact (see :func:`download_model`)."""
+    mlmodel = path / "MLmodel"
+    if not mlmodel.is_file():
+        return path
+    import yaml
+
+    try:
+        flavor = yaml.safe_load(mlmodel.read_text())["flavors"]["python_function"]
+        return path / flavor["artifacts"][RECBERT_ARTIFACT]["path"]
+    except (KeyError, TypeError, yaml.YAMLError):
+        raise CheckpointError(f"{mlmodel} is an MLflow model without a '{RECBERT_ARTIFACT}' artifact: not a "
+                              "recbert model") from None

@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,7 +243,14 @@ def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, test:
     extra = {RUN_CONFIG_FILE: json.dumps(trained.to_dict(), indent=2, sort_keys=True) + "\n",
              METRICS_FILE: json.dumps(summary, indent=2, sort_keys=True) + "\n"}
     model.save_pretrained(model_dir, vocab, extra=extra)
-    tracker.log_artifacts(model_dir, MODEL_ARTIFACT)
+    if tracker.run_id is not None:  # the MLflow model: pyfunc, signature, input example (and a registry version)
+        from recbert.exports.mlflow_model import save_mlflow_model  # imports MLflow's model code: only here
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tracker.log_artifacts(save_mlflow_model(model_dir, Path(tmp) / MODEL_ARTIFACT), MODEL_ARTIFACT)
+        if config.tracking.register_as:
+            version = tracker.register_model(config.tracking.register_as, describe_metrics(test_metrics))
+            log.info("registered as %s version %s", config.tracking.register_as, version)
     tracker.log_text(format_metrics(test, config), "test_metrics.md")
     return summary, model_dir
 
@@ -258,6 +266,12 @@ def fusion_layer_weights(model: SequenceRecommender, seqs, device, n_users: int 
     rows = torch.from_numpy(pad_sequences(part, model.config.max_len, append_mask=not model.causal)).to(device)
     out = model(rows)
     return model.fusion.layer_weights(out.hidden_states, out.padding_mask).cpu().tolist()
+
+
+def describe_metrics(metrics: dict[str, float]) -> str:
+    """The test metrics of a registered model version, one ``key: value`` per line."""
+    lines = [f"{k}: {int(v)}" if k.endswith("n_users") else f"{k}: {v:.4f}" for k, v in sorted(metrics.items())]
+    return "test metrics of the training run:\n" + "\n".join(lines)
 
 
 def format_metrics(metrics: dict[str, Any], config: RunConfig) -> str:

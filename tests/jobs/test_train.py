@@ -37,9 +37,11 @@ def test_train_logs_everything_to_mlflow_and_evaluates_back(cyclic_parquet, mlfl
     history = client.get_metric_history(run_id, "train/loss")
     assert len(history) == 3 and len(client.get_metric_history(run_id, "pretrain/loss")) == 2
     assert len(client.get_metric_history(run_id, "val/all/ndcg_at_10")) == 5
-    files = {f.path for f in client.list_artifacts(run_id, "model")}
-    assert {"model/config.json", "model/model.safetensors", "model/vocab.parquet", "model/run_config.json",
-            "model/metrics.json"} <= files
+    files = {f.path for f in client.list_artifacts(run_id, "model")}  # an MLflow model
+    assert {"model/MLmodel", "model/input_example.json", "model/requirements.txt", "model/artifacts"} <= files
+    inner = {f.path for f in client.list_artifacts(run_id, f"model/artifacts/{run_id}")}  # the recbert model
+    assert {f"model/artifacts/{run_id}/{n}" for n in ("config.json", "model.safetensors", "vocab.parquet",
+                                                     "run_config.json", "metrics.json")} <= inner
     assert run.info.status == "FINISHED"
 
     code, out2, err2 = run_cli(["-q", "evaluate", "--run-id", run_id], capsys)
@@ -59,7 +61,8 @@ def test_default_tracking_home_is_local_sqlite(tmp_path, monkeypatch, cyclic_par
     assert code == 0, err
     assert (tmp_path / "mlruns" / "mlflow.db").is_file()
     run_id = out.split("mlflow run id: ")[1].split()[0]
-    assert list((tmp_path / "mlruns" / "artifacts").glob(f"{run_id}/artifacts/model/model.safetensors"))
+    model = f"{run_id}/artifacts/model/artifacts/{run_id}/model.safetensors"  # the recbert model in the MLflow model
+    assert list((tmp_path / "mlruns" / "artifacts").glob(model))
 
 
 def test_string_ids_and_time_split_without_mlflow(tmp_path, capsys):
