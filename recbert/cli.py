@@ -224,8 +224,10 @@ def recommend(run_id: str | None, model_dir: Path | None, items: str, top_k: int
     """Score an ad-hoc history (a new user's sequence) and print the top-k items."""
     from recbert.model.recommender import SequenceRecommender
 
-    model = SequenceRecommender.from_pretrained(_model_dir(model_dir, run_id))
     history = [s.strip() for s in items.split(",") if s.strip()]
+    if not history:
+        raise RecbertError(f"--items {items!r} holds no item ids: give comma-separated original ids, oldest first")
+    model = SequenceRecommender.from_pretrained(_model_dir(model_dir, run_id))
     if not model.vocab.is_string:
         bad = [s for s in history if not s.lstrip("-").isdigit()]
         if bad:
@@ -335,6 +337,8 @@ def index_query(run_id, model_dir, index_dir, user_id, items, events, top_k, kee
     from recbert.jobs.retrieval import run_index_query
 
     session = [s.strip() for s in items.split(",") if s.strip()] if items is not None else None
+    if session is not None and not session:
+        raise RecbertError(f"--items {items!r} holds no item ids: give comma-separated original ids, oldest first")
     ids, scores, info = run_index_query(_model_dir(model_dir, run_id), index_dir, top_k, user_id, session, events,
                                         not keep_seen)
     if info.get("unknown_items"):
@@ -488,6 +492,10 @@ def main(argv: list[str] | None = None) -> int:
     except RecbertError as exc:
         click.echo(f"error: {exc}", err=True)
         return getattr(exc, "exit_code", 2)
+    except OSError as exc:  # outside the atomic writers: a file that cannot be read or written
+        where = f" ({exc.filename})" if exc.filename else ""
+        click.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        return 1
     return 0
 
 

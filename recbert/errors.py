@@ -19,6 +19,10 @@ class CheckpointError(RecbertError):
     """A saved model directory that is missing, corrupt or does not match its config."""
 
 
+class OutputError(RecbertError):
+    """An output could not be written (disk full, not writable); what was there is unchanged."""
+
+
 class DivergenceError(RecbertError):
     """Training produced a non-finite loss, or a model whose scores are NaN or infinite.
     ``detail`` holds the counts (how many NaN / infinite values, where) for callers that

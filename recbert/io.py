@@ -9,13 +9,29 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from recbert.errors import OutputError
+
+
+def output_error(target: Path, exc: OSError) -> OutputError:
+    """The one-line error of a failed write to ``target`` (disk full, not writable, a file
+    where a folder should be)."""
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        reason = f"{reason} ({exc.filename}: a file stands where a folder is needed)"
+    return OutputError(f"cannot write {target}: {reason}; nothing was changed there")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary file path beside ``path``; rename it over ``path`` on success."""
+    """Yield a temporary file path beside ``path``; rename it over ``path`` on success.
+    An OSError (disk full, permissions) leaves ``path`` as it was and is raised as an
+    :class:`~recbert.errors.OutputError` naming it."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise output_error(target, exc) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -23,18 +39,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise output_error(target, exc) from None
         raise
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; it replaces ``path`` on success."""
+    """Yield a temporary directory beside ``path``; it replaces ``path`` on success (an
+    OSError is raised as an :class:`~recbert.errors.OutputError`, ``path`` unchanged)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise output_error(target, exc) from None
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a result folder should look like any other
@@ -48,8 +70,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise output_error(target, exc) from None
         raise
 
 

@@ -82,6 +82,8 @@ def left_pad(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int
     left-padded with PAD; ``w`` is the longest span (capped at ``width``)."""
     lengths = np.minimum(ends - starts, width)
     w = max(int(lengths.max(initial=0)), 1)
+    if len(items) == 0:  # every span is empty
+        return np.full((len(starts), w), PAD, dtype=np.int64)
     col = np.arange(w)[None, :]
     src = ends[:, None] - w + col
     valid = col >= (w - lengths)[:, None]

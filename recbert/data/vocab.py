@@ -213,7 +213,10 @@ class ItemVocab:
             raise CheckpointError(f"vocabulary file {p} has no item_id column")
         ids = table["item_id"].to_numpy(zero_copy_only=False)
         counts = table["count"].to_numpy() if "count" in table.column_names else None
-        return cls(ids, counts, _saved_hash_buckets(p, table.schema.metadata or {}))
+        try:
+            return cls(ids, counts, _saved_hash_buckets(p, table.schema.metadata or {}))
+        except ValueError as exc:
+            raise CheckpointError(f"vocabulary file {p} is not a valid vocabulary: {exc}") from None
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, ItemVocab) and self.hash_buckets == other.hash_buckets

@@ -12,7 +12,7 @@ import pytest
 
 from recbert.data.events import load_events
 from recbert.data.importers import ML_GENRES, import_movielens_100k, import_s3rec
-from recbert.errors import DataError
+from recbert.errors import DataError, OutputError
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 ML = SHARED / "ml-100k"
@@ -205,7 +205,7 @@ def test_failing_write_leaves_no_folder(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", failing_write)
     out = tmp_path / "dest" / "beauty"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):
         import_s3rec(src, out, attrs)
     assert written and written[0].name == "events.parquet"
     assert not out.exists()
@@ -225,7 +225,7 @@ def test_reimport_replaces_whole_and_failed_reimport_keeps_old(tmp_path, monkeyp
 
     monkeypatch.setattr(pl.DataFrame, "write_parquet", lambda self, *a, **k: (_ for _ in ()).throw(OSError("boom")))
     src.write_text("9 9\n")
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="boom"):
         import_s3rec(src, out)
     monkeypatch.undo()
     assert pl.read_parquet(out / "events.parquet").height == 5  # previous import intact

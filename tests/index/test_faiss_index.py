@@ -16,6 +16,7 @@ import pytest
 
 import faiss
 
+from recbert.errors import OutputError
 from recbert.index import (
     INDEX_KINDS,
     KINDS,
@@ -389,7 +390,7 @@ def test_failed_save_leaves_nothing_behind(tmp_path, data, item_ids, no_gpu, mon
         raise OSError("disk full")
 
     monkeypatch.setattr(pq, "write_table", broken_write_table)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="idx: disk full"):
         index.save(tmp_path / "idx")
     assert list(tmp_path.iterdir()) == []
 

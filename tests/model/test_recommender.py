@@ -6,7 +6,7 @@ import torch
 
 from recbert.config import ModelConfig
 from recbert.data.vocab import MASK, ItemVocab
-from recbert.errors import CheckpointError, ConfigError, DivergenceError, RecbertError
+from recbert.errors import CheckpointError, ConfigError, DivergenceError, OutputError, RecbertError
 from recbert.model.recommender import SequenceRecommender
 
 
@@ -138,7 +138,7 @@ def test_save_is_atomic_and_keeps_the_old_model_on_failure(tmp_path, monkeypatch
         raise OSError("disk full")
 
     monkeypatch.setattr(rec, "save_file", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="cannot write .*: disk full; nothing was changed there"):
         model.save_pretrained(d)
     assert (d / "model.safetensors").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
