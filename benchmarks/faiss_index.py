@@ -85,6 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="queries used to sweep nprobe / efSearch (a prefix of --queries)")
     p.add_argument("--no-sweep", action="store_true",
                    help="use the configured nprobe / efSearch only")
+    p.add_argument("--plot", type=Path, help="write the recall-vs-QPS curve of the sweeps to this PNG")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     exact_build = time.perf_counter() - started
     exact_ids, exact_qps = batch_search(exact_index, q, k)
     rows = []
+    points = []  # every sweep point, for --plot
     if "flat" in args.kinds:
         rows.append({
             "kind": "flat", "params": "exact", "build_s": exact_build,
@@ -238,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             found, qps = batch_search(index, q[:sq], k, **{name: value})
             recall = recall_at_k(found, exact_ids[:sq], k)
             print(f"  {value:>9}  {recall:9.4f}  {qps:9.0f}")
+            points.append({"family": kind, "recall": recall, "qps": qps, "label": f"{name}={value}"})
             if best is None or recall > best[1]:
                 best = (value, recall, qps)
             if recall >= args.target_recall and chosen is None:
@@ -270,6 +273,11 @@ def main(argv: list[str] | None = None) -> None:
             and r["qps"] >= 10 * exact_qps]
     verdict = ", ".join(r["kind"] for r in hits) or "none"
     print(f"\ntarget recall@{k} >= {args.target_recall} at >= 10x exact batch QPS: {verdict}")
+    if args.plot:
+        from recbert.evaluation.plots import recall_qps_curve, save_figure
+
+        save_figure(recall_qps_curve(points, args.target_recall, exact_qps), args.plot)
+        print(f"recall-vs-QPS curve: {args.plot}")
     print(f"total wall time {time.perf_counter() - wall:.1f}s")
 
 

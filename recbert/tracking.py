@@ -161,6 +161,14 @@ class Tracker:
         version = self.client.create_model_version(name, source, run_id=self.run_id, description=description)
         return version.version
 
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG artifact (then closed)."""
+        if self.run_id is not None:
+            self.client.log_figure(self.run_id, figure, artifact_file)
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
     def set_tag(self, key: str, value: str) -> None:
         if self.run_id is not None:
             self.client.set_tag(self.run_id, key, value)

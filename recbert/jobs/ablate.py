@@ -207,6 +207,11 @@ def run_ablation(cfg: AblationConfig) -> AblationResult:
                 log.info("ablation %s: %s", name, {k: round(m, 4) for k, (m, _) in stats.items()})
         table = ablation_table(grid.task, names, runs, time.perf_counter() - started)
         parent.log_text(table, "ablation.md")
+        if parent.run_id is not None:
+            from recbert.evaluation.plots import results_chart  # matplotlib: only here
+
+            parent.log_figure(results_chart(f"ablation ({grid.task})", runs, CLASSIFICATION_METRICS, names),
+                              "plots/ablation.png")
     return AblationResult(parent.run_id, grid.task, names, variants, runs, table, time.perf_counter() - started)
 
 

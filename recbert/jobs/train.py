@@ -228,6 +228,13 @@ def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, test:
     if weights is not None:
         log.info("learned layer-fusion weights (layer 0 = embeddings): %s", [round(w, 3) for w in weights])
         tracker.log_metrics({f"fusion/layer_{i}_weight": w for i, w in enumerate(weights)}, step)
+    if tracker.run_id is not None:  # pictures: the curves of every stage, the fusion weights
+        from recbert.evaluation.plots import fusion_weights_chart, training_curves  # matplotlib: only here
+
+        select = f"val/{selection_protocol(config.eval)}/{config.eval.select_metric}"
+        tracker.log_figure(training_curves([(r.name, r.history) for r in results], select), "plots/training.png")
+        if weights is not None:
+            tracker.log_figure(fusion_weights_chart(weights), "plots/fusion_weights.png")
     test_metrics = {f"test/{k}": v for k, v in test.items()}
     test_metrics.update({f"test_selected/{k}": v for k, v in (selected or {}).items()})
     summary = {**test_metrics, "time/total_seconds": time.perf_counter() - started}

@@ -73,6 +73,7 @@ def test_ablation_end_to_end_two_variants(mlflow_uri):
         assert "gender_results.md" in [a.path for a in client.list_artifacts(cls_run.info.run_id)]
     artifacts = [a.path for a in client.list_artifacts(res.run_id)]
     assert "ablation.md" in artifacts
+    assert [a.path for a in client.list_artifacts(res.run_id, "plots")] == ["plots/ablation.png"]
 
 
 def test_cli_ablate_reports_config_errors(capsys):
