@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from recbert.config import TrackingConfig
 from recbert.errors import CheckpointError, Interrupted, RecbertError
+from recbert.io import exclusive
 
 log = logging.getLogger("recbert.tracking")
 
@@ -48,11 +49,22 @@ def metric_key(name: str) -> str:
     return re.sub(r"[^\w\-./: ]", "_", name.replace("@", "_at_"))
 
 
+_READY: set[str] = set()  # the store URIs this process has opened (and so migrated)
+
+
 def _client(config: TrackingConfig):
     from mlflow.tracking import MlflowClient  # mlflow is slow to import: only when tracking
 
     uri = tracking_uri(config)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        # a new SQLite store is created and migrated by the first client that opens it;
+        # processes opening it at once would race the schema migration: one at a time
+        with exclusive(uri.removeprefix("sqlite:///"), wait=True, what="initialised"):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        _READY.add(uri)
+        return client, uri
     return MlflowClient(tracking_uri=uri), uri
 
 
@@ -77,14 +89,7 @@ class Tracker:
         from mlflow.entities import Param
 
         self.client, self.uri = _client(self.config)
-        exp = self.client.get_experiment_by_name(self.config.experiment)
-        if exp is None:
-            location = None
-            if self.uri.startswith("sqlite:///") and not self.config.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
-                location = (DEFAULT_HOME / "artifacts").resolve().as_uri()
-            exp_id = self.client.create_experiment(self.config.experiment, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
+        exp_id = self._experiment_id()
         name = self.config.run_name or run_name or self.config.experiment
         if not self.config.run_name and not self.parent_run_id:
             name = f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
@@ -98,6 +103,25 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i:i + 100])
         log.info("MLflow run %s (experiment %r, %s)", self.run_id, self.config.experiment, self.uri)
         return self.run_id
+
+    def _experiment_id(self) -> str:
+        """The experiment's id, created when new (a process that loses the race to create
+        it uses the winner's)."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(self.config.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///") and not self.config.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI"):
+            location = (DEFAULT_HOME / "artifacts").resolve().as_uri()
+        try:
+            return self.client.create_experiment(self.config.experiment, artifact_location=location)
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(self.config.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def resume(self, run_id: Optional[str], checkpoint: str | Path = "") -> None:
         """Continue run ``run_id`` (from a checkpoint): it is RUNNING again, in this

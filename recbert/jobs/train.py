@@ -13,6 +13,7 @@ and writes the model directory (and the shards, with ``data.shards``)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -34,6 +35,7 @@ from recbert.data.prepare import prepare_data, shard_splits
 from recbert.data.shards import ensure_shards
 from recbert.data.vocab import ItemVocab
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
+from recbert.io import exclusive
 from recbert.errors import Interrupted
 from recbert.jobs.resume import ResumePoint, check_same_config, checkpoint_dir, events_digest, new_run_key
 from recbert.model.checkpoint import METRICS_FILE, RUN_CONFIG_FILE
@@ -81,7 +83,11 @@ def run_training(config: RunConfig, events: Optional[EventSource] = None,
     """Train and test ``config``'s model; under torchrun on every rank, distributed.
     ``resume``: continue the run a checkpoint was written by (:func:`find_resume_point`)."""
     with distributed(config.device) as context:
-        return _run_training(config, events, context, resume)
+        # one process continues a run: a second `--resume` of it at the same time is refused
+        held = exclusive(resume.path.parent, what="resumed") if resume is not None and context.is_main \
+            else contextlib.nullcontext()
+        with held:
+            return _run_training(config, events, context, resume)
 
 
 def _run_training(config: RunConfig, events: Optional[EventSource], context: DistributedContext,

@@ -163,3 +163,25 @@ def test_resume_refuses_a_finished_run_another_config_changed_events_and_unknown
         assert f"the events of {world['events']} changed since run {run_id} started" in err
     finally:
         world["events"].write_bytes(original)
+
+
+def test_a_second_resume_of_the_same_run_at_once_is_refused(world, capsys, monkeypatch):
+    import textwrap
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world["uri"])
+    folder = world["root"] / "runs" / "checkpoints" / world["reference_id"]
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from recbert.io import exclusive
+        with exclusive({str(folder)!r}, what="resumed"):
+            print("holding", flush=True)
+            time.sleep(30)
+    """)], env=world["env"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert main(["-q", "train", "--resume", str(folder)]) == 2
+        err = capsys.readouterr().err
+        assert f"{folder} is being resumed by another recbert process (pid {holder.pid})" in err
+    finally:
+        holder.kill()
+        holder.wait()
