@@ -185,6 +185,25 @@ class Tracker:
         version = self.client.create_model_version(name, source, run_id=self.run_id, description=description)
         return version.version
 
+    def log_dataset(self, path: str | Path, name: str, sha256: str, context: str = "training") -> None:
+        """Record the events file as the run's input dataset (MLflow's Datasets view): its
+        path, a name and its content digest (the first 32 hex digits of its sha256); no data
+        is read or copied."""
+        if self.run_id is None:
+            return
+        import warnings
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": both are the local source
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(Path(path).resolve()))
+        dataset = MetaDataset(source, name=name, digest=sha256[:32])
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                          [InputTag("mlflow.data.context", context)])])
+
     def log_figure(self, figure, artifact_file: str) -> None:
         """A matplotlib figure as a PNG artifact (then closed)."""
         if self.run_id is not None:

@@ -77,11 +77,15 @@ def train_with(*sets: str):
     return args
 
 
-def broken_model(edit: Callable[[Path, dict], None], command: str = "recommend"):
+def broken_model(edit: Callable[[Path, dict], None], command: str = "recommend", checksums: bool = True):
+    """The trained model copied and broken by ``edit``; ``checksums=False``: without its
+    checksums.json (hand-edited, or saved before checksums), so the deeper checks answer."""
     def args(world, d):
         model = d / "model"
         shutil.copytree(world["model"], model)
         edit(model, world)
+        if not checksums:
+            (model / "checksums.json").unlink()
         if command == "recommend":
             return ["recommend", "--model-dir", str(model), "--items", "1,2,3"]
         return ["export", "--model-dir", str(model), "--what", "items", "--out", str(d / "out.parquet"),
@@ -173,11 +177,16 @@ CASES = [
     Case("config file not TOML", lambda w, d: ((d / "bad.toml").write_text("[train\nepochs = 3"),
                                                ["train", "-c", str(d / "bad.toml"), "--no-mlflow"])[1], "bad.toml"),
     # model directories
-    Case("truncated safetensors", broken_model(lambda m, w: truncate(m / "model.safetensors")), "model.safetensors"),
-    Case("wrong-shape safetensors", broken_model(wrong_shape_weights), "model.safetensors"),
-    Case("vocabulary with repeated ids", broken_model(duplicated_vocabulary), "vocab.parquet"),
-    Case("vocabulary of another model", broken_model(smaller_vocabulary), "vocabulary has"),
-    Case("config.json not JSON", broken_model(lambda m, w: (m / "config.json").write_text("{")), "config.json"),
+    Case("truncated safetensors", broken_model(lambda m, w: truncate(m / "model.safetensors")),
+         "model.safetensors does not match its checksum"),
+    Case("weights changed after saving", broken_model(wrong_shape_weights), "does not match its checksum"),
+    Case("truncated safetensors, no checksums", broken_model(lambda m, w: truncate(m / "model.safetensors"),
+                                                            checksums=False), "not a readable safetensors"),
+    Case("wrong-shape safetensors", broken_model(wrong_shape_weights, checksums=False), "has shape (40, 16)"),
+    Case("vocabulary with repeated ids", broken_model(duplicated_vocabulary, checksums=False), "must be unique"),
+    Case("vocabulary of another model", broken_model(smaller_vocabulary, checksums=False), "vocabulary has"),
+    Case("config.json not JSON", broken_model(lambda m, w: (m / "config.json").write_text("{"), checksums=False),
+         "config.json is not valid JSON"),
     Case("model dir missing weights", broken_model(lambda m, w: (m / "model.safetensors").unlink(), "export"),
          "model.safetensors", out="out.parquet"),
     # indexes

@@ -54,6 +54,9 @@ def test_runs_get_distinct_names_and_the_tags_of_where_they_ran(mlflow_uri, tmp_
     assert tags["recbert.host"] == socket.gethostname() and tags["recbert.torch_version"]
     assert tags["recbert.job"] == "train" and tags["recbert.device"] == "cpu" and int(tags["recbert.threads"]) >= 1
     assert len(set(names)) == 2  # the seeded generators do not draw them
+    dataset = runs[0].inputs.dataset_inputs[0]  # MLflow's Datasets view: path and content digest
+    assert dataset.dataset.name == tmp_path.name and dataset.dataset.digest == file_sha256(events)[:32]
+    assert str(events) in dataset.dataset.source and dataset.tags[0].value == "training"
 
     code, out, _ = run_cli(["runs", "list", "-n", "5"], capsys)
     assert code == 0 and out.splitlines()[0].split()[:3] == ["run", "id", "name"]

@@ -10,6 +10,7 @@ phases before and, for a refit, the weights it restarts from."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,8 +31,19 @@ def new_run_key() -> str:
     return f"run-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
 
+RUN_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def checked_run_key(key: str, where: str = "run") -> str:
+    """``key`` when it is a plain file name (an MLflow run id or ``run-...``), so that no
+    path built from it leaves the folder it names; CheckpointError otherwise."""
+    if not isinstance(key, str) or not RUN_KEY.fullmatch(key) or ".." in key:
+        raise CheckpointError(f"{where}: {key!r} is not a run id or name (letters, digits, '_', '-', '.')")
+    return key
+
+
 def checkpoint_dir(config: RunConfig, run_key: str) -> Path:
-    return Path(config.out_dir) / CHECKPOINTS / run_key
+    return Path(config.out_dir) / CHECKPOINTS / checked_run_key(run_key)
 
 
 def events_digest(config: RunConfig, events: Optional[EventSource] = None) -> Optional[str]:
@@ -84,7 +96,7 @@ def find_resume_point(target: str | Path, out_dir: str = "runs") -> ResumePoint:
     folder, or a run id / name looked up under ``{out_dir}/checkpoints/``."""
     path = Path(target)
     if not path.exists():
-        path = Path(out_dir) / CHECKPOINTS / str(target)
+        path = Path(out_dir) / CHECKPOINTS / checked_run_key(str(target))
         if not path.is_dir():
             raise CheckpointError(f"nothing to resume for {str(target)!r}: it is not a checkpoint file or folder, and "
                                   f"{path} does not exist (give the run id, its folder or the out_dir it used)")
@@ -94,6 +106,7 @@ def find_resume_point(target: str | Path, out_dir: str = "runs") -> ResumePoint:
         file, state = CheckpointStore(path).latest()
     if not isinstance(state.get("job"), dict) or "loop" not in state:
         raise CheckpointError(f"checkpoint {file} was not written by `recbert train` (no job state)")
+    checked_run_key(state["job"].get("run_key"), f"checkpoint {file}")
     try:
         config = RunConfig.from_dict(json.loads(state["job"]["config"]))
     except (ConfigError, KeyError, TypeError, json.JSONDecodeError) as exc:

@@ -140,6 +140,8 @@ def _tracked_training(config: RunConfig, model: SequenceRecommender, vocab: Item
                             "recbert.data_sha256": digest or "in-memory", "recbert.device": str(device)})
         tracker.log_metrics({"data/n_items": vocab.n_items, "data/n_train_sequences": len(splits.train),
                              "data/n_test_users": len(splits.test), "model/n_parameters": n_params})
+        if digest is not None:
+            tracker.log_dataset(config.data.events, dataset_name(config), digest)
     run_key = resume.run_key if resume is not None else tracker.run_id or new_run_key()
     store = CheckpointStore(checkpoint_dir(config, run_key), config.checkpoint.keep_last)
     where.update(run_key=run_key, store=store)
@@ -202,13 +204,16 @@ def _tracked_training(config: RunConfig, model: SequenceRecommender, vocab: Item
     return summary, model_dir, results
 
 
-def run_name_of(config: RunConfig) -> str:
-    """``<dataset>-<objectives>``: the events file's stem (its folder's name for a file
-    called events.parquet) and the stages' objectives, e.g. ``beauty-mlm_attributes-next_item``."""
+def dataset_name(config: RunConfig) -> str:
+    """The events file's stem, or its folder's name for a file called events.parquet."""
     path = Path(str(config.data.events))
-    dataset = path.parent.name if path.stem == "events" and path.parent.name else path.stem
+    return (path.parent.name if path.stem == "events" and path.parent.name else path.stem) or "events"
+
+
+def run_name_of(config: RunConfig) -> str:
+    """``<dataset>-<objectives>``, e.g. ``beauty-mlm_attributes-next_item``."""
     objectives = [s.objective for s in (config.pretrain, config.train) if s.epochs > 0]
-    return "-".join([dataset or "events", *objectives])
+    return "-".join([dataset_name(config), *objectives])
 
 
 def interrupted_message(exc: BaseException, where: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from recbert.config import ModelConfig, build_section
 from recbert.data.batches import concat_rows, left_pad
 from recbert.data.vocab import MASK, N_SPECIAL, ItemVocab, catalogue_size
+from recbert.digest import verify_manifest, write_manifest
 from recbert.errors import CheckpointError, ConfigError, RecbertError
 from recbert.finite import require_finite
 from recbert.io import atomic_dir
@@ -245,6 +246,7 @@ class SequenceRecommender(nn.Module):
                     (tmp / name).write_bytes(payload)
                 else:
                     (tmp / name).write_text(payload)
+            write_manifest(tmp, [CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, *(extra or {})])
         return Path(directory)
 
     @classmethod
@@ -253,6 +255,7 @@ class SequenceRecommender(nn.Module):
         for name in (CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE):
             if not (d / name).is_file():
                 raise CheckpointError(f"model directory {d} has no {name}")
+        verify_manifest(d)  # checksums.json: every file as it was saved (folders saved before it: not checked)
         try:
             raw = json.loads((d / CONFIG_FILE).read_text())
         except json.JSONDecodeError as exc:

@@ -90,6 +90,9 @@ def test_saved_head_errors_name_the_problem(tmp_path):
     card = json.loads((d / HEAD_CONFIG_FILE).read_text())
     card["head"]["hidden_dims"] = [12]
     (d / HEAD_CONFIG_FILE).write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match=r"head\.json does not match its checksum"):
+        load_head(d)
+    (d / "checksums.json").unlink()  # edited by hand: the consistency checks answer
     with pytest.raises(CheckpointError, match=r"head\.safetensors: tower\..* has shape"):
         load_head(d)
     card["head"]["pooling"] = "median"
@@ -106,6 +109,7 @@ def test_saved_head_errors_name_the_problem(tmp_path):
 
     clf.save_pretrained(d)
     (d / HEAD_WEIGHTS_FILE).write_bytes(b"garbage")
+    (d / "checksums.json").unlink()
     with pytest.raises(CheckpointError, match="head.safetensors is not a readable safetensors file"):
         load_head(d)
     (d / HEAD_WEIGHTS_FILE).unlink()

@@ -154,6 +154,7 @@ def test_resume_refuses_a_finished_run_another_config_changed_events_and_unknown
     err = error("--resume", run_id, "--events", str(world["events"]), *ARGS, "--set", "train.epochs=9")
     assert "config given differs in 1 key(s): train.epochs (3 in the run, 9 given)" in err
     assert "nothing to resume for 'nope'" in error("--resume", "nope")
+    assert "'../../etc' is not a run id or name" in error("--resume", "../../etc")  # no path outside out_dir
 
     folder = world["root"] / "runs" / "checkpoints" / run_id
     original = world["events"].read_bytes()

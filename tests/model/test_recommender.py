@@ -33,7 +33,8 @@ def test_save_and_load_give_identical_outputs(tmp_path, attention):
     ids = torch.tensor([[0, 3, 4, 5, 6, 1]])
     before = model.scorer(model(ids).last_hidden_state[:, -1])
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors", "vocab.parquet"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["checksums.json", "config.json",
+                                                                   "model.safetensors", "vocab.parquet"]
     loaded = SequenceRecommender.from_pretrained(tmp_path / "m")
     after = loaded.scorer(loaded(ids).last_hidden_state[:, -1])
     assert torch.allclose(before, after)
@@ -115,6 +116,9 @@ def test_checkpoint_that_does_not_match_its_config_is_reported(tmp_path):
     cfg["hidden"] = 32
     cfg["intermediate"] = 64
     (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="config.json does not match its checksum in .*checksums.json"):
+        SequenceRecommender.from_pretrained(d)
+    (d / "checksums.json").unlink()  # a folder edited by hand, or saved before checksums: the checks below
     with pytest.raises(CheckpointError, match="does not match"):
         SequenceRecommender.from_pretrained(d)
     cfg["hidden"], cfg["intermediate"], cfg["n_tokens"] = 16, 32, 99
@@ -260,6 +264,7 @@ def test_a_loaded_model_maps_unseen_ids_to_the_same_buckets(tmp_path):
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     cfg["hash_buckets"] = 0
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "m" / "checksums.json").unlink()  # edited by hand: the consistency check, not the checksum
     with pytest.raises(CheckpointError, match="4 hash buckets"):
         SequenceRecommender.from_pretrained(tmp_path / "m")
     with pytest.raises(ConfigError, match="model.hash_buckets"):
