@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,7 +330,11 @@ def run_classification(model_dir: Optional[str | Path], task: str, config: Finet
 def _save(model: Any, save_dir: str | Path, tracker: Tracker) -> None:
     model.save_pretrained(save_dir)
     log.info("saved the fine-tuned %s head to %s", model.kind, save_dir)
-    tracker.log_artifacts(save_dir, "head_model")
+    if tracker.run_id is not None:  # as an MLflow model (pyfunc: probabilities / click probability)
+        from recbert.exports.mlflow_model import save_head_mlflow_model  # MLflow's model code: only here
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tracker.log_artifacts(save_head_mlflow_model(save_dir, Path(tmp) / "head_model"), "head_model")
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

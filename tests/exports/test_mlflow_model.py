@@ -118,3 +118,57 @@ def test_mlflow_models_serve_answers_recommendations(ring, mlflow_uri, tmp_path)
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
+
+
+def test_a_fine_tuned_classifier_is_logged_as_a_pyfunc_model(mlflow_uri, tmp_path, capsys):
+    import mlflow.pyfunc
+    import numpy as np
+    import polars as pl
+
+    from recbert.heads import load_head
+    from tests.jobs.test_finetune import DATA, ML, TINY
+
+    args = ["-q", "finetune", "--task", "gender", "--scratch", "--folds", "2", "--epochs", "1",
+            "--save-model", str(tmp_path / "head"), "--set", "experiment.baselines=false"] + \
+        [a for s in TINY + DATA for a in ("--set", s)]
+    assert main(args) == 0
+    run_id = capsys.readouterr().out.split("mlflow run id: ")[1].split()[0]
+    model = mlflow.pyfunc.load_model(f"runs:/{run_id}/head_model")
+    events = pl.read_parquet(ML / "events.parquet").sort("timestamp", maintain_order=True)
+    histories = [events.filter(pl.col("user_id") == u)["item_id"].to_list() for u in (1, 2)]
+    out = model.predict(pd.DataFrame({"items": histories}))
+    assert list(out.columns) == ["prediction", "probability", "proba"]
+    assert set(out["prediction"]) <= {"F", "M"}
+    head = load_head(tmp_path / "head")
+    direct = model.predict(pd.DataFrame({"items": [histories[1]]}))["proba"][0]
+    from recbert.heads.base import rows_from_tokens
+
+    window = int(head.metadata["window"])
+    p = float(head.predict_proba(rows_from_tokens([head.vocab.encode(np.array(histories[1]))], window))[0])
+    assert direct[1] == pytest.approx(p, abs=1e-6) and sum(direct) == pytest.approx(1.0)
+    assert [c.name for c in model.metadata.signature.outputs.inputs] == ["prediction", "probability", "proba"]
+
+
+def test_a_ctr_head_as_pyfunc_answers_click_probabilities(pretrained_dir, tmp_path):
+    import mlflow.pyfunc
+    import numpy as np
+    import torch
+
+    from recbert.exports.mlflow_model import save_head_mlflow_model
+    from recbert.heads import CTRModel
+    from recbert.heads.base import rows_from_tokens
+    from recbert.jobs.finetune import FinetuneRunConfig, run_ctr
+    from tests.jobs.test_finetune import DATA
+
+    cfg = FinetuneRunConfig.load(None, DATA + ["tracking.enabled=false", "experiment.epochs=1",
+                                               "experiment.max_train_samples=300", "experiment.max_val_samples=100",
+                                               "experiment.max_test_samples=200", "experiment.baselines=false"])
+    run_ctr(pretrained_dir, cfg, variants=("pretrained",), save_dir=tmp_path / "ctr")
+    model = mlflow.pyfunc.load_model(str(save_head_mlflow_model(tmp_path / "ctr", tmp_path / "mlflow_ctr")))
+    out = model.predict(pd.DataFrame({"items": [[1, 2, 3], [50]], "item": [50, 7]}))
+    head = CTRModel.from_pretrained(tmp_path / "ctr")
+    rows = rows_from_tokens([head.vocab.encode(np.array(h)) for h in ([1, 2, 3], [50])], int(head.metadata["window"]))
+    direct = head.predict_proba(rows, torch.from_numpy(head.vocab.encode(np.array([50, 7])))).numpy()
+    np.testing.assert_allclose(out["click_proba"].to_numpy(), direct, atol=1e-6)
+    with pytest.raises(Exception, match="item"):
+        model.predict(pd.DataFrame({"items": [[1, 2]]}))
