@@ -241,6 +241,7 @@ class CheckpointConfig:
     enabled: bool = True
     every_steps: int = 0  # also every N steps within an epoch (0: at epoch ends only)
     keep_last: int = 2  # checkpoint files kept per run (older ones are deleted)
+    keep_when_finished: bool = False  # False: a run that finishes deletes its checkpoints (nothing to resume)
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:

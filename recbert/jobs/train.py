@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -201,6 +202,8 @@ def _tracked_training(config: RunConfig, model: SequenceRecommender, vocab: Item
     test = evaluate_ranking(model, splits.test, config.eval, seed=config.seed, device=device, context=context)
     summary, model_dir = on_main(lambda: test_and_save(model, vocab, splits.test, test, config, tracker, results,
                                                        step, device, started, selected, run_key), context)
+    if context.is_main and not config.checkpoint.keep_when_finished:  # finished: nothing left to resume
+        shutil.rmtree(store.directory, ignore_errors=True)
     return summary, model_dir, results
 
 

@@ -79,7 +79,8 @@ def train_stage(
     replay = stop_after is not None
     settings = FitSettings(epochs=stop_after if replay else stage.epochs, patience=stage.patience,
                            eval_every=stage.eval_every, grad_clip=stage.grad_clip,
-                           max_minutes=None if replay else stage.max_minutes, progress=True,
+                           max_minutes=None if replay else stage.max_minutes,
+                           progress=log.isEnabledFor(logging.INFO),  # `recbert -q`: no progress bars
                            precision=stage.precision)
     validator = validate if len(splits.val) and not replay else None
     try:

@@ -44,6 +44,7 @@ def test_train_logs_everything_to_mlflow_and_evaluates_back(cyclic_parquet, mlfl
                                                      "run_config.json", "metrics.json")} <= inner
     assert run.info.status == "FINISHED"
     assert "plots/training.png" in {f.path for f in client.list_artifacts(run_id, "plots")}
+    assert not (Path("runs") / "checkpoints" / run_id).exists()  # finished: its checkpoints are gone
 
     code, out2, err2 = run_cli(["-q", "evaluate", "--run-id", run_id], capsys)
     assert code == 0, err2

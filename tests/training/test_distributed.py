@@ -206,7 +206,8 @@ def test_recbert_train_under_torchrun_writes_once_from_rank_0(tmp_path, streamed
     # an MLM pretraining epoch, then next-item training: two stages, each wrapped in DDP
     sets = ["model.hidden=16", "model.intermediate=32", "model.layers=1", "model.max_len=12", "pretrain.epochs=1",
             "pretrain.batch_size=32", "train.objective=next_item", "train.epochs=2", "train.batch_size=32",
-            "out_dir=runs", "device=cpu", "threads=1"] + (["data.shards=shards"] if streamed else [])
+            "out_dir=runs", "device=cpu", "threads=1", "checkpoint.keep_when_finished=true"] + \
+        (["data.shards=shards"] if streamed else [])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "recbert.cli", "-q", "train", "--events", str(events)] + [a for s in sets for a in ("--set", s)]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -219,6 +220,7 @@ def test_recbert_train_under_torchrun_writes_once_from_rank_0(tmp_path, streamed
     assert [p.name for p in (tmp_path / "runs" / "checkpoints").iterdir()] == [run_id]
     newest = CheckpointStore(tmp_path / "runs" / "checkpoints" / run_id).latest()[1]
     assert newest["loop"]["world_size"] == 2 and len(newest["loop"]["ranks"]) == 2
+    assert json.loads(newest["job"]["config"])["checkpoint"]["keep_when_finished"]
     if streamed:  # written once, by rank 0, before the other rank read it
         assert open_shards(tmp_path / "shards").n_users == 120
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shards")]  # no second, racing writer
