@@ -82,7 +82,7 @@ def test_string_ids_and_bad_input(tmp_path, mlflow_uri, capsys):
         model.predict(pd.DataFrame({"history": [["item-3"]]}))
     from recbert.exports.mlflow_model import recommend_frame
 
-    with pytest.raises(RecbertError, match="needs an 'items' column"):
+    with pytest.raises(RecbertError, match=r"needs the column\(s\) \['items'\]"):
         recommend_frame(None, pd.DataFrame({"x": [1]}), {"k": 1, "exclude_seen": True})
 
 
