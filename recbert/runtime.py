@@ -170,10 +170,14 @@ def shutdown_distributed(context: DistributedContext) -> None:
 
 @contextmanager
 def distributed(device_name: str) -> Iterator[DistributedContext]:
-    """:func:`init_distributed` for the duration of a job, shut down at its end."""
+    """:func:`init_distributed` for the duration of a job, shut down at its end (after a
+    barrier when the job ended normally: a rank that tears its connections down while
+    another still uses them can abort the other at gloo's teardown)."""
     context = init_distributed(device_name)
     try:
         yield context
+        if context.distributed and torch.distributed.is_initialized():
+            torch.distributed.barrier()
     finally:
         shutdown_distributed(context)
 
