@@ -166,6 +166,7 @@ class StageConfig:
     mask_prob: float = 0.2  # MLM: share of tokens masked
     last_item_mask_prob: float = 0.1  # MLM: share of sequences with only the last item masked
     attribute_weight: float = 1.0  # mlm_attributes: weight of the attribute losses beside the cloze loss
+    label_smoothing: float = 0.0  # full_softmax: the target is (1 - eps) one-hot + eps uniform over the catalogue
     patience: int = 10  # evaluations without improvement before stopping
     eval_every: int = 1  # epochs between validation runs
     max_minutes: Optional[float] = None  # wall-time budget for the stage
@@ -188,6 +189,10 @@ class StageConfig:
             raise ConfigError(f"stage mask_prob must be in (0, 1), got {self.mask_prob}")
         if not 0.0 <= self.last_item_mask_prob <= 1.0:
             raise ConfigError(f"stage last_item_mask_prob must be in [0, 1], got {self.last_item_mask_prob}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"stage label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and self.loss != "full_softmax":
+            raise ConfigError(f"stage label_smoothing works with loss = 'full_softmax', not {self.loss!r}")
         if self.attribute_weight < 0:
             raise ConfigError(f"stage attribute_weight must be >= 0, got {self.attribute_weight}")
         if not 0.0 <= self.warmup_ratio < 1.0:

@@ -178,9 +178,33 @@ class GBCELoss:
         return (-self.beta * F.logsigmoid(pos) + neg_terms).mean()
 
 
+class FullSoftmaxLoss:
+    """:func:`full_softmax_loss`, with ``stage.label_smoothing`` = eps > 0 against the
+    smoothed target ``(1 - eps) * onehot + eps / n_items``: the loss is then
+    ``CE + eps * (z_target - mean_j z_j)``, and the mean logit over the catalogue is
+    ``query . mean(item vectors) + mean(bias)``: no ``[N, items]`` logits either way."""
+
+    def __init__(self, ctx: LossContext):
+        self.eps = float(getattr(ctx.stage, "label_smoothing", 0.0))
+
+    def __call__(self, hidden: Tensor, targets: Tensor, scorer: nn.Module) -> Tensor:
+        ce = full_softmax_loss(hidden, targets, scorer)
+        if not self.eps:
+            return ce
+        t = targets - N_SPECIAL
+        if getattr(scorer, "item_table", None) is not None:  # an ItemScorer: from the factors
+            query, vectors, bias = scorer.query(hidden), scorer.item_vectors(), scorer.bias
+            target_logit = (query * vectors[t]).sum(-1) + bias[t]
+            mean_logit = query @ vectors.mean(0) + bias.mean()
+        else:
+            logits = scorer(hidden)
+            target_logit, mean_logit = logits.gather(1, t[:, None]).squeeze(1), logits.mean(1)
+        return ce + self.eps * (target_logit - mean_logit).mean()
+
+
 # loss name -> builder(LossContext) -> (hidden, targets, scorer) -> scalar
 LOSSES: dict[str, Callable[[LossContext], ItemLoss]] = {
-    "full_softmax": lambda ctx: full_softmax_loss,
+    "full_softmax": FullSoftmaxLoss,
     "sampled_softmax": SampledSoftmaxLoss,
     "gbce": GBCELoss,
 }

@@ -120,3 +120,29 @@ def test_bad_negative_settings_are_one_clear_error():
                           ("train.negative_sampler=zipf", "negative_sampler")):
         with pytest.raises(ConfigError, match=key):
             RunConfig.load(None, [override])
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_label_smoothing_equals_torch_on_the_whole_logits_with_the_same_gradients(eps):
+    scorer, hidden, targets = scorer_and_batch(seed=3)
+    loss = build_loss(ctx(label_smoothing=eps))(hidden, targets, scorer)
+    (grad,) = torch.autograd.grad(loss, hidden)
+    h2 = hidden.detach().clone().requires_grad_(True)
+    expected = F.cross_entropy(scorer(h2), targets - N_SPECIAL, label_smoothing=eps)
+    (grad2,) = torch.autograd.grad(expected, h2)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(grad, grad2, rtol=1e-4, atol=1e-6)
+
+    class Plain(torch.nn.Module):  # a scorer without item factors: the logits path
+        def forward(self, h):
+            return scorer(h)
+
+    plain = build_loss(ctx(label_smoothing=eps))(hidden, targets, Plain())
+    assert float(plain) == pytest.approx(float(expected), rel=1e-5, abs=1e-6)
+
+
+def test_label_smoothing_is_refused_off_the_full_softmax_and_out_of_range():
+    with pytest.raises(ConfigError, match="label_smoothing works with loss = 'full_softmax'"):
+        StageConfig(loss="sampled_softmax", label_smoothing=0.1)
+    with pytest.raises(ConfigError, match=r"label_smoothing must be in \[0, 1\)"):
+        StageConfig(label_smoothing=1.0)
