@@ -167,6 +167,7 @@ class StageConfig:
     last_item_mask_prob: float = 0.1  # MLM: share of sequences with only the last item masked
     attribute_weight: float = 1.0  # mlm_attributes: weight of the attribute losses beside the cloze loss
     label_smoothing: float = 0.0  # full_softmax: the target is (1 - eps) one-hot + eps uniform over the catalogue
+    layer_decay: float = 1.0  # layer-wise lr decay: layer i of n trains at lr * layer_decay ** (n - i), embeddings = 0
     patience: int = 10  # evaluations without improvement before stopping
     eval_every: int = 1  # epochs between validation runs
     max_minutes: Optional[float] = None  # wall-time budget for the stage
@@ -189,6 +190,8 @@ class StageConfig:
             raise ConfigError(f"stage mask_prob must be in (0, 1), got {self.mask_prob}")
         if not 0.0 <= self.last_item_mask_prob <= 1.0:
             raise ConfigError(f"stage last_item_mask_prob must be in [0, 1], got {self.last_item_mask_prob}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ConfigError(f"stage layer_decay must be in (0, 1], got {self.layer_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"stage label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.label_smoothing and self.loss != "full_softmax":

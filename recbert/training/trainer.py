@@ -63,7 +63,8 @@ def train_stage(
     model.set_attention(causal)
     model.to(device)
     objective = build_objective(name, stage, model, splits.train, seed, data, device, context)
-    optimizer = make_optimizer(model, stage.lr, stage.weight_decay, lazy_items=stage.lazy_item_updates)
+    optimizer = make_optimizer(model, stage.lr, stage.weight_decay, layer_decay=stage.layer_decay,
+                               lazy_items=stage.lazy_item_updates)
     schedule = lr_schedule(optimizer, max(1, stage.epochs * objective.steps_per_epoch), stage.warmup_ratio,
                            stage.schedule)
     metric_key = f"{selection_protocol(eval_config)}/{eval_config.select_metric}"

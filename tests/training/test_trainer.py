@@ -177,3 +177,23 @@ def test_only_real_items_are_targets():
     hidden = torch.arange(10.0).reshape(2, 5, 1)
     h, t = gather_targets(hidden, labels, n_items=5)
     assert t.tolist() == [3, 7, 4, 5, 6] and h[:, 0].tolist() == [2.0, 3.0, 4.0, 6.0, 8.0]
+
+
+def test_a_stage_trains_its_layers_at_the_decayed_rates(monkeypatch):
+    import recbert.training.trainer as trainer
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        optimizer = make_optimizer(*args, **kwargs)
+        seen.append({g["name"]: g["lr"] for g in optimizer.param_groups})
+        return optimizer
+
+    monkeypatch.setattr(trainer, "make_optimizer", recording)
+    model, splits = setup()
+    stage = StageConfig(objective="next_item", epochs=1, lr=1e-3, batch_size=64, layer_decay=0.5,
+                        schedule="constant", warmup_ratio=0.0)
+    train_stage(model, splits, stage, EVAL)
+    lrs = seen[0]
+    assert lrs["layer_0"] == pytest.approx(1e-3 * 0.25)  # embeddings: decay ** n_layers
+    assert lrs["layer_1"] == pytest.approx(1e-3 * 0.5) and lrs["layer_2"] == pytest.approx(1e-3)
