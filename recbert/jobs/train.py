@@ -132,7 +132,6 @@ def _tracked_training(config: RunConfig, model: SequenceRecommender, vocab: Item
     """The stages, the refit and the test inside the MLflow run; ``where`` learns the
     run's name and checkpoint store as soon as they exist."""
     device = context.device
-    n_params = sum(p.numel() for p in model.parameters())
     if resume is not None:
         tracker.resume(resume.run_id, resume.path)
     else:  # params: the config as loaded, with the sizes the data decided (a copy; config is read-only)
@@ -140,7 +139,8 @@ def _tracked_training(config: RunConfig, model: SequenceRecommender, vocab: Item
                       tags={"recbert.job": "train", "recbert.data_path": str(config.data.events),
                             "recbert.data_sha256": digest or "in-memory", "recbert.device": str(device)})
         tracker.log_metrics({"data/n_items": vocab.n_items, "data/n_train_sequences": len(splits.train),
-                             "data/n_test_users": len(splits.test), "model/n_parameters": n_params})
+                             "data/n_test_users": len(splits.test),
+                             "model/n_parameters": sum(p.numel() for p in model.parameters())})
         if digest is not None:
             tracker.log_dataset(config.data.events, dataset_name(config), digest)
     run_key = resume.run_key if resume is not None else tracker.run_id or new_run_key()
