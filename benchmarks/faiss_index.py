@@ -8,11 +8,20 @@ With ``--embeddings`` a real exported item-embedding parquet is used instead, an
 ``--query-embeddings`` (an exported user parquet) every item is indexed and ``--queries``
 sampled user vectors are the queries, as in serving.
 
-For each approximate kind, nprobe / efSearch are swept on the first ``--sweep-queries``
-queries; the smallest value reaching ``--target-recall`` there is then measured on the full
-``--queries`` batch (one call) for the summary table.
+Each ``--index KIND[:key=value,...]`` is one index to build (IndexConfig fields; the
+default list is the 1M grid below). For each, nprobe / efSearch are swept on the first
+``--sweep-queries`` queries; the smallest value reaching ``--target-recall`` there is then
+measured on the full ``--queries`` batch for the summary table. Every QPS figure is the
+median of ``--repeats`` timed runs, exact and approximate indexes in the same process.
 
-    .venv/bin/python benchmarks/faiss_index.py --n 1000000
+Timings are only trusted on an idle machine: the 1-minute load average is checked before
+anything runs (refused above 0.5 unless ``--allow-busy``), and the cores other processes
+used during the run are measured from /proc/stat and printed with the results (a run
+beside another job is labelled BUSY).
+
+    .venv/bin/python benchmarks/faiss_index.py --n 1000000 --plot build/faiss/1m.png
+    .venv/bin/python benchmarks/faiss_index.py --n 10000000 --queries 2000 --index flat \
+        --index ivf_pq_fs:quantizer=hnsw,rerank=10,train_sample=400000
     .venv/bin/python benchmarks/faiss_index.py --embeddings items.parquet --query-embeddings users.parquet
 """
 
@@ -35,6 +44,10 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
 import faiss
 
+from recbert.config import build_section, parse_overrides
+from recbert.errors import RecbertError
+from recbert.evaluation.report import pareto_front
+from recbert.evaluation.timing import IdleGuard, median_rate
 from recbert.index import (
     INDEX_KINDS,
     IndexConfig,
@@ -43,15 +56,17 @@ from recbert.index import (
     recall_at_k,
 )
 
-# Benchmark variants of registry kinds: the kind each builds and its IndexConfig changes.
-VARIANTS = {
-    "ivf_pq_rerank": ("ivf_pq", lambda args: {"rerank": args.rerank}),  # + exact re-ranking
-    "hnsw_ip_to_l2": ("hnsw", lambda args: {"ip_to_l2": True}),  # on the MIPS-to-NN reduction
-}
-# every registry kind, each followed by its variants
-KINDS = tuple(
-    name for kind in INDEX_KINDS
-    for name in (kind, *(variant for variant, (base, _) in VARIANTS.items() if base == kind))
+# The 1M x 64 grid: exact search; HNSW graphs built well (efConstruction 200-400, degree
+# 16-48) instead of searched hard; IVF with the HNSW coarse quantizer, flat lists and 4-bit
+# fast-scan PQ whose candidates are re-ranked exactly.
+DEFAULT_INDEXES = (
+    "flat",
+    "hnsw:hnsw_m=16,ef_construction=200",
+    "hnsw:hnsw_m=32,ef_construction=200",
+    "hnsw:hnsw_m=48,ef_construction=200",
+    "hnsw:hnsw_m=32,ef_construction=400",
+    "ivf_flat:quantizer=hnsw",
+    "ivf_pq_fs:quantizer=hnsw,rerank=10",
 )
 
 
@@ -65,7 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--single-queries", type=int, default=300,
                    help="queries searched one at a time for single-query QPS (at most ~5 s)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {KINDS}")
+    p.add_argument("--index", dest="indexes", action="append", metavar="KIND[:key=value,...]",
+                   help=f"an index to measure (repeat); kinds {tuple(INDEX_KINDS)}, keys any IndexConfig "
+                        f"field; default: {' '.join(DEFAULT_INDEXES)}")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per QPS figure (the median is kept)")
+    p.add_argument("--allow-busy", action="store_true",
+                   help="measure even when the load average is above 0.5 (figures are labelled BUSY)")
     p.add_argument("--metric", default="ip", choices=("ip", "cosine", "l2"))
     p.add_argument("--centres", type=int, default=4096, help="mixture components (synthetic data)")
     p.add_argument("--seed", type=int, default=0)
@@ -76,11 +96,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default: hold out --queries items as queries)")
     p.add_argument("--id-column", default="item_id")
     p.add_argument("--vector-column", default="embedding")
-    p.add_argument("--nlist", type=int, default=None, help="IVF cells (default: auto, 4*sqrt(n))")
-    p.add_argument("--pq-m", type=int, default=None, help="PQ sub-quantizers (default: dim/2)")
-    p.add_argument("--rerank", type=int, default=4, help="ivf_pq_rerank: re-rank rerank * k PQ candidates")
-    p.add_argument("--hnsw-m", type=int, default=IndexConfig.hnsw_m)
-    p.add_argument("--ef-construction", type=int, default=IndexConfig.ef_construction)
     p.add_argument("--sweep-queries", type=int, default=2000,
                    help="queries used to sweep nprobe / efSearch (a prefix of --queries)")
     p.add_argument("--no-sweep", action="store_true",
@@ -88,12 +103,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", type=Path, help="write the recall-vs-QPS curve of the sweeps to this PNG")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown:
-        p.error(f"unknown kinds {unknown}; choose from {KINDS}")
-    args.kinds = kinds
+    try:
+        args.configs = [index_config(spec, args) for spec in (args.indexes or DEFAULT_INDEXES)]
+    except RecbertError as exc:
+        p.error(str(exc))
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
     return args
+
+
+def index_config(spec: str, args: argparse.Namespace) -> IndexConfig:
+    """``KIND[:key=value,...]`` as a CPU IndexConfig (values parsed like ``--set``)."""
+    kind, _, rest = spec.partition(":")
+    overrides = [item for item in rest.split(",") if item.strip()]
+    base = IndexConfig(kind=kind.strip(), metric=args.metric, seed=args.seed, device="cpu")
+    return build_section(IndexConfig, parse_overrides(overrides), "", base)
 
 
 # --- data -------------------------------------------------------------------------------
@@ -159,11 +183,11 @@ def index_bytes(index: VectorIndex) -> int:
 
 
 def batch_search(
-    index: VectorIndex, q: np.ndarray, k: int, **override
+    index: VectorIndex, q: np.ndarray, k: int, repeats: int, **override
 ) -> tuple[np.ndarray, float]:
-    started = time.perf_counter()
-    _, ids = index.search(q, k, **override)
-    return ids, len(q) / (time.perf_counter() - started)
+    """The ids found and the batch QPS: the median of ``repeats`` timed searches of ``q``."""
+    qps, _, (_, ids) = median_rate(lambda: index.search(q, k, **override), len(q), repeats)
+    return ids, qps
 
 
 def single_query_qps(index: VectorIndex, q: np.ndarray, k: int, limit: int, **override) -> float:
@@ -177,16 +201,6 @@ def single_query_qps(index: VectorIndex, q: np.ndarray, k: int, limit: int, **ov
     return done / (time.perf_counter() - started)
 
 
-def config_for(kind: str, args: argparse.Namespace) -> IndexConfig:
-    """The CPU config of a registry kind or benchmark variant, from the command line."""
-    base, changes = VARIANTS.get(kind, (kind, lambda args: {}))
-    return IndexConfig(
-        kind=base, metric=args.metric, nlist=args.nlist,
-        pq_m=args.pq_m, hnsw_m=args.hnsw_m, ef_construction=args.ef_construction, seed=args.seed,
-        device="cpu", **changes(args),
-    )
-
-
 def sweep(cfg: IndexConfig, args: argparse.Namespace) -> tuple[str, tuple[int, ...]]:
     """The built index's search-time parameter and the values to try: the registry's sweep
     (or the configured value with ``--no-sweep``), without values the index cannot use."""
@@ -195,88 +209,109 @@ def sweep(cfg: IndexConfig, args: argparse.Namespace) -> tuple[str, tuple[int, .
     return param.name, tuple(v for v in values if param.effective(cfg, v) == v)
 
 
+def label(cfg: IndexConfig) -> str:
+    return f"{cfg.kind} {INDEX_KINDS[cfg.kind].describe(cfg)}"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     wall = time.perf_counter()
-    load_start = os.getloadavg()
+    guard = IdleGuard(refuse=not args.allow_busy)
+    try:
+        load_start = guard.start()
+    except RecbertError as exc:
+        sys.exit(f"refusing to time on a busy machine: {exc}")
     x, ids, q, what = load_data(args)
     print(what)
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} OpenMP threads, "
-          f"{os.cpu_count()} CPUs, metric {args.metric}, k {args.k}, "
-          f"load average at start {load_start[0]:.2f}; "
-          f"data ready in {time.perf_counter() - wall:.1f}s")
+          f"{os.cpu_count()} CPUs, metric {args.metric}, k {args.k}, median of {args.repeats} runs per QPS, "
+          f"load average at start {load_start:.2f}; data ready in {time.perf_counter() - wall:.1f}s")
 
     k = args.k
+    sq = min(args.sweep_queries, len(q))
     started = time.perf_counter()
-    exact_index = VectorIndex.build(x, ids, config_for("flat", args))
+    exact_index = VectorIndex.build(x, ids, IndexConfig(kind="flat", metric=args.metric, device="cpu"))
     exact_build = time.perf_counter() - started
-    exact_ids, exact_qps = batch_search(exact_index, q, k)
+    exact_ids, exact_qps = batch_search(exact_index, q, k, args.repeats)
+    _, exact_sweep_qps = batch_search(exact_index, q[:sq], k, args.repeats)
     rows = []
-    points = []  # every sweep point, for --plot
-    if "flat" in args.kinds:
+    points = []  # every sweep point (on the sweep queries), for the Pareto table and --plot
+    if any(cfg.kind == "flat" for cfg in args.configs):
         rows.append({
-            "kind": "flat", "params": "exact", "build_s": exact_build,
+            "label": "flat exact", "params": "exact", "build_s": exact_build,
             "bytes": index_bytes(exact_index), "rss": peak_rss_mib(),
             "qps1": single_query_qps(exact_index, q, k, args.single_queries),
             "qps": exact_qps, "recall": 1.0,
         })
     del exact_index
 
-    for kind in [kd for kd in args.kinds if kd != "flat"]:
+    for cfg in [c for c in args.configs if c.kind != "flat"]:
         started = time.perf_counter()
-        index = VectorIndex.build(x, ids, config_for(kind, args))
+        index = VectorIndex.build(x, ids, cfg)
         build_s = time.perf_counter() - started
         cfg = index.config
         name, values = sweep(cfg, args)
-        built = INDEX_KINDS[cfg.kind].describe(cfg)
-        sq = min(args.sweep_queries, len(q))
-        print(f"\n{kind} sweep on {sq:,} queries ({built}; built in {build_s:.1f}s):")
-        print(f"  {name:>9}  recall@{k}  batch QPS")
+        print(f"\n{label(cfg)} sweep on {sq:,} queries (built in {build_s:.1f}s; exact {exact_sweep_qps:,.0f} QPS):")
+        print(f"  {name:>9}  recall@{k}  batch QPS  vs exact")
         chosen = None
         best = None
         for value in values:
-            found, qps = batch_search(index, q[:sq], k, **{name: value})
+            found, qps = batch_search(index, q[:sq], k, args.repeats, **{name: value})
             recall = recall_at_k(found, exact_ids[:sq], k)
-            print(f"  {value:>9}  {recall:9.4f}  {qps:9.0f}")
-            points.append({"family": kind, "recall": recall, "qps": qps, "label": f"{name}={value}"})
+            print(f"  {value:>9}  {recall:9.4f}  {qps:9.0f}  {qps / exact_sweep_qps:7.1f}x")
+            points.append({"family": label(cfg), "recall": recall, "qps": qps, "label": f"{name}={value}",
+                           "value": value})
             if best is None or recall > best[1]:
                 best = (value, recall, qps)
             if recall >= args.target_recall and chosen is None:
                 chosen = (value, recall, qps)
-            elif chosen is not None or qps < exact_qps:
+            elif chosen is not None or qps < exact_sweep_qps:
                 break  # one point past the target shows the trend; slower than exact is moot
         value = (chosen or best)[0]
-        found, qps = batch_search(index, q, k, **{name: value})  # the full batch, one call
+        found, qps = batch_search(index, q, k, args.repeats, **{name: value})  # the full batch
         recall = recall_at_k(found, exact_ids, k)
         rows.append({
-            "kind": kind, "params": f"{built}, {name}={value}", "build_s": build_s,
-            "bytes": index_bytes(index), "rss": peak_rss_mib(),
+            "label": label(cfg), "params": f"{INDEX_KINDS[cfg.kind].describe(cfg)}, {name}={value}",
+            "build_s": build_s, "bytes": index_bytes(index), "rss": peak_rss_mib(),
             "qps1": single_query_qps(index, q, k, args.single_queries, **{name: value}),
             "qps": qps, "recall": recall,
         })
         del index
 
-    print(f"\nn={len(x):,} dim={x.shape[1]} queries={len(q):,} k={k}; peak RSS is the process "
-          f"high-water mark so far (cumulative); load average at end {os.getloadavg()[0]:.2f}")
-    header = (f"| {'kind':<13} | {'params':<52} | {'build s':>7} | {'index MiB':>9} | "
+    load = guard.stop()
+    print(f"\nn={len(x):,} dim={x.shape[1]} queries={len(q):,} k={k}; QPS = median of {args.repeats}; "
+          f"peak RSS is the process high-water mark so far (cumulative)")
+    print(f"machine: {load.line()}")
+    header = (f"| {'kind':<9} | {'params':<62} | {'build s':>7} | {'index MiB':>9} | "
               f"{'peak RSS MiB':>12} | {'1-query QPS':>11} | {'batch QPS':>9} | "
               f"{'recall@' + str(k):>9} | {'vs exact':>8} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['kind']:<13} | {r['params']:<52} | {r['build_s']:7.1f} | "
+        print(f"| {r['label'].split()[0]:<9} | {r['params']:<62} | {r['build_s']:7.1f} | "
               f"{r['bytes'] / 2**20:9.1f} | {r['rss']:12.0f} | {r['qps1']:11.0f} | "
               f"{r['qps']:9.0f} | {r['recall']:9.4f} | {r['qps'] / exact_qps:7.1f}x |")
-    hits = [r for r in rows if r["kind"] != "flat" and r["recall"] >= args.target_recall
-            and r["qps"] >= 10 * exact_qps]
-    verdict = ", ".join(r["kind"] for r in hits) or "none"
-    print(f"\ntarget recall@{k} >= {args.target_recall} at >= 10x exact batch QPS: {verdict}")
+    front = pareto_front(points)
+    print(f"\nrecall/QPS Pareto front of the sweeps ({sq:,} queries; exact {exact_sweep_qps:,.0f} QPS):")
+    print("| index | search | recall@%d | batch QPS | vs exact |" % k)
+    print("|---|---|---|---|---|")
+    for p in front:
+        print(f"| {p['family']} | {p['label']} | {p['recall']:.4f} | {p['qps']:.0f} | "
+              f"{p['qps'] / exact_sweep_qps:.1f}x |")
+    hits = [r for r in rows if r["params"] != "exact" and r["recall"] >= args.target_recall]
+    if hits:
+        fastest = max(hits, key=lambda r: r["qps"])
+        print(f"\nfastest index with recall@{k} >= {args.target_recall} on all {len(q):,} queries: "
+              f"{fastest['label']} ({fastest['params']}): {fastest['qps'] / exact_qps:.1f}x exact batch QPS, "
+              f"recall {fastest['recall']:.4f}" + (" [BUSY machine: not trustworthy]" if load.busy else ""))
+    else:
+        print(f"\nno index reached recall@{k} >= {args.target_recall}")
     if args.plot:
         from recbert.evaluation.plots import recall_qps_curve, save_figure
 
-        save_figure(recall_qps_curve(points, args.target_recall, exact_qps), args.plot)
+        save_figure(recall_qps_curve(points, args.target_recall, exact_sweep_qps), args.plot)
         print(f"recall-vs-QPS curve: {args.plot}")
     print(f"total wall time {time.perf_counter() - wall:.1f}s")
 

@@ -14,6 +14,7 @@ from recbert.config import DataConfig
 from recbert.data.tasks import TASKS
 from recbert.errors import RecbertError
 from recbert.exports.embeddings import USER_POOLINGS
+from recbert.index.auto import AUTO, AutoSettings
 from recbert.index.spec import DEVICES, KINDS, METRICS
 
 # Every list of choices below comes from the registry that the library validates against.
@@ -282,23 +283,47 @@ def index_group() -> None:
 @index_group.command("build")
 @click.option("--embeddings", type=click.Path(path_type=Path), required=True, help="Exported items parquet.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Index directory to write.")
-@click.option("--kind", type=click.Choice(KINDS), default="flat", show_default=True)
+@click.option("--kind", type=click.Choice((*KINDS, AUTO)), default="flat", show_default=True,
+              help=f"'{AUTO}': build candidates, measure recall against exact search on held-out queries "
+                   "and keep the fastest that reaches --target-recall.")
 @click.option("--metric", type=click.Choice(METRICS), default="ip", show_default=True)
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--target-recall", type=float, default=AutoSettings.target_recall, show_default=True,
+              help="--kind auto: recall@k the index must reach.")
+@click.option("--queries", "queries", type=click.Path(path_type=Path),
+              help="--kind auto: exported USERS parquet whose vectors are the measured queries "
+                   "(default: held-out rows of --embeddings).")
+@click.option("--auto-k", type=int, default=AutoSettings.k, show_default=True, help="--kind auto: the k of recall@k.")
+@click.option("--auto-sample", type=int, default=AutoSettings.sample, show_default=True,
+              help="--kind auto: build the candidates on at most this many vectors.")
+@click.option("--auto-queries", type=int, default=AutoSettings.queries, show_default=True,
+              help="--kind auto: held-out queries measured.")
 @click.option("--overwrite", is_flag=True)
 @click.option("-s", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Index parameter, e.g. --set nlist=1024 --set nprobe=16 --set ef_search=128.")
 @no_mlflow_option
-def index_build(embeddings, out, kind, metric, device, overwrite, overrides, no_mlflow) -> None:
+def index_build(embeddings, out, kind, metric, device, target_recall, queries, auto_k, auto_sample, auto_queries,
+                overwrite, overrides, no_mlflow) -> None:
     """Build and save an index (exact inner product by default)."""
     from recbert.config import build_section, parse_overrides
     from recbert.index import IndexConfig
     from recbert.jobs.retrieval import run_index_build
 
-    base = IndexConfig(kind=kind, metric=metric, device=device)
+    auto = None
+    if kind == AUTO:
+        auto = AutoSettings(target_recall=target_recall, k=auto_k, sample=auto_sample, queries=auto_queries)
+    elif queries is not None:
+        raise click.UsageError("--queries applies to --kind auto only")
+    base = IndexConfig(kind="flat" if auto else kind, metric=metric, device=device)
     config = build_section(IndexConfig, parse_overrides(list(overrides)), "", base)
-    index = run_index_build(embeddings, out, config, overwrite, tracking=_retrieval_tracking(no_mlflow))
+    index = run_index_build(embeddings, out, config, overwrite, tracking=_retrieval_tracking(no_mlflow),
+                            auto=auto, queries=queries, progress=None if auto is None else click.echo)
     click.echo(f"wrote {out}: {index!r}")
+    if index.measured is not None:
+        m = index.measured
+        click.echo(f"measured: recall@{m['k']} {m['recall']:.4f} at {m['qps']:,.0f} QPS, "
+                   f"{m['speedup']:.1f}x exact search ({m['exact_qps']:,.0f} QPS) on {m['queries']:,} "
+                   f"{m['queries_from']}" + (" - the machine was BUSY" if m["load"]["busy"] else ""))
 
 
 @cli.command("recommend-batch")

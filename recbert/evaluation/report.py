@@ -46,3 +46,17 @@ def results_table(label: str, runs: Mapping[str, Sequence[Mapping[str, float]]],
         cells = [fmt(stats.get(m)) for m in metrics] + [extra[c].get(name, "") for c in extra]
         body += f"| {name} | {len(rows)} | " + " | ".join(cells) + " |\n"
     return head + body
+
+
+def pareto_front(points: Sequence[Mapping[str, float]], keys: Sequence[str] = ("recall", "qps")
+                 ) -> list[Mapping[str, float]]:
+    """The points no other point beats on every key (all maximised), sorted by the first
+    key descending; ties on every key keep the first."""
+    front: list[Mapping[str, float]] = []
+    for p in points:
+        dominated = any(all(o[k] >= p[k] for k in keys) and any(o[k] > p[k] for k in keys)
+                        for o in points)
+        duplicate = any(all(o[k] == p[k] for k in keys) for o in front)
+        if not dominated and not duplicate:
+            front.append(p)
+    return sorted(front, key=lambda p: -p[keys[0]])

@@ -72,6 +72,7 @@ class VectorIndex:
         device: str,
         source: dict[str, Any] | None = None,
         info: dict[str, Any] | None = None,
+        measured: dict[str, Any] | None = None,
     ) -> None:
         self._index = index
         self._ids = ids
@@ -79,6 +80,7 @@ class VectorIndex:
         self._device = device
         self._source = dict(source or {})
         self._info = dict(info or {})
+        self._measured = dict(measured) if measured is not None else None
 
     # --- properties -------------------------------------------------------------------
 
@@ -126,6 +128,39 @@ class VectorIndex:
     def info(self) -> dict[str, Any]:
         """Sidecar fields of a loaded index (faiss version, created-at, checksums)."""
         return dict(self._info)
+
+    @property
+    def measured(self) -> dict[str, Any] | None:
+        """What was measured on this index when it was chosen (``recbert index build --kind
+        auto``, :func:`recbert.index.auto.build_auto`): recall@k against exact search on
+        held-out queries, batch QPS (median of repeats), the exact index's QPS, the search
+        value, the candidates tried and the machine's load. Saved in the sidecar;
+        ``None`` when nothing was measured."""
+        return None if self._measured is None else dict(self._measured)
+
+    def set_measured(self, measured: dict[str, Any] | None) -> None:
+        """Attach (JSON-serialisable) measurements to be saved with the index."""
+        if measured is not None:
+            try:
+                json.dumps(measured)
+            except (TypeError, ValueError) as exc:
+                raise IndexInputError(f"measured values must be JSON-serialisable: {exc}") from exc
+        self._measured = None if measured is None else dict(measured)
+
+    def set_search_default(self, value: int) -> None:
+        """Make ``value`` the kind's search-time parameter (``nprobe`` / ``ef_search``) used when
+        :meth:`search` is not given one; it is saved with the index."""
+        param = INDEX_KINDS[self.kind].search
+        if param is None:
+            raise IndexInputError(f"a {self.kind!r} index has no search-time parameter")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise IndexInputError(f"{param.name}={value!r} must be a positive integer")
+        cfg = self._config.replace(**{param.name: param.effective(self._config, int(value))})
+        target = _device.index_to_cpu(self._index) if self._device == "gpu" else self._index
+        _store_search_default(target, cfg)
+        if self._device == "gpu":
+            self._index = _device.index_to_gpu(target)
+        self._config = cfg
 
     @property
     def faiss_index(self) -> Any:
@@ -208,6 +243,36 @@ class VectorIndex:
             merged["recbert"] = metadata
         merged.update(source or {})
         return cls.build(vectors, ids, config, source=merged)
+
+    def add(self, vectors: np.ndarray, ids: Any) -> None:
+        """Add ``vectors`` with new ``ids`` (same id type, none already indexed) to a built
+        index; IVF kinds use their trained cells, HNSW inserts into its graph."""
+        x = _prepare_vectors(vectors, self.metric, what="vectors")
+        if x.shape[1] != self.dim:
+            raise IndexInputError(
+                f"vectors have dimension {x.shape[1]} but the index has dimension {self.dim}"
+            )
+        new_ids = _prepare_ids(ids, x.shape[0])
+        if (new_ids.dtype == object) != (self._ids.dtype == object):
+            raise IndexInputError(f"ids are {'strings' if new_ids.dtype == object else 'integers'} "
+                                  f"but the index holds {self.id_dtype} ids")
+        clash = set(new_ids.tolist()).intersection(self._ids.tolist())
+        if clash:
+            shown = ", ".join(repr(v) for v in sorted(clash)[:5])
+            raise IndexInputError(f"{len(clash)} ids are already in the index, e.g. {shown}")
+        if self._config.ip_to_l2:
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+            bound = float(self._config.max_norm)
+            if (norms > bound * (1 + 1e-6)).any():
+                raise IndexInputError(
+                    f"vectors of norm up to {norms.max():.4g} exceed the ip_to_l2 index's "
+                    f"max_norm {bound:.4g}: the MIPS-to-NN reduction needs every item within it; "
+                    f"rebuild the index with all the vectors"
+                )
+            extra = np.sqrt(np.maximum(bound ** 2 - norms ** 2, 0.0)).astype(np.float32)[:, None]
+            x = np.hstack([x, extra])
+        self._index.add(x)
+        self._ids = np.concatenate([self._ids, new_ids])
 
     # --- searching --------------------------------------------------------------------
 
@@ -356,6 +421,7 @@ class VectorIndex:
                 "faiss_version": faiss.__version__,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "built_on": self._info.get("built_on", self._device),
+                "measured": self._measured,
                 "files": {
                     name: {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
                     for name in (INDEX_FILE, IDS_FILE)
@@ -444,7 +510,11 @@ class VectorIndex:
         if where == "gpu":
             index, where = _move_to_gpu(index, config)
         info = {k: meta.get(k) for k in ("faiss_version", "created_at", "built_on", "files")}
-        return cls(index, ids, config, device=where, source=meta.get("source") or {}, info=info)
+        measured = meta.get("measured")
+        if measured is not None and not isinstance(measured, dict):
+            raise IndexFileError(f"{sidecar_path}: 'measured' must be an object, not {type(measured).__name__}")
+        return cls(index, ids, config, device=where, source=meta.get("source") or {}, info=info,
+                   measured=measured)
 
 
 # --- helpers: building ----------------------------------------------------------------
@@ -477,10 +547,12 @@ def _store_search_default(index: Any, cfg: IndexConfig) -> None:
 
 
 def _augment_items(x: np.ndarray, cfg: IndexConfig) -> tuple[np.ndarray, IndexConfig]:
-    """Items ``[x, sqrt(M^2 - |x|^2)]`` (all of norm ``M``) for the MIPS-to-NN reduction."""
+    """Items ``[x, sqrt(M^2 - |x|^2)]`` (all of norm ``M``) for the MIPS-to-NN reduction;
+    ``M`` is the largest norm, or the configured ``max_norm`` when that is larger."""
     sq = np.einsum("ij,ij->i", x, x)
     max_norm = float(np.sqrt(sq.max())) if len(sq) else 1.0
-    max_norm = max(max_norm, 1e-12)
+    # a configured max_norm is kept when it bounds these vectors (vectors may be added later)
+    max_norm = max(max_norm, cfg.max_norm or 0.0, 1e-12)
     extra = np.sqrt(np.maximum(max_norm ** 2 - sq, 0.0)).astype(np.float32)[:, None]
     return np.hstack([x, extra]), cfg.replace(max_norm=max_norm)
 

@@ -97,6 +97,11 @@ class IndexKindSpec:
         candidates with exact distances (other kinds already rank by exact distances).
     ip_to_l2: the index is built for a metric, so ``IndexConfig.ip_to_l2`` may apply the
         MIPS-to-NN reduction to ``metric='ip'``.
+    pq_bits: the PQ code width the kind uses when ``IndexConfig.pq_bits`` is ``None``, and
+        the only one it accepts when ``pq_bits_fixed``; ``None`` for kinds without PQ.
+    pq_bits_fixed: the kind's kernels exist for :attr:`pq_bits` only (fast-scan: 4 bits).
+    candidates: ``(config, n, dim) -> config changes`` that ``recbert index build --kind
+        auto`` tries for this kind (:mod:`recbert.index.auto`); empty: never tried.
     """
 
     build: Callable[[IndexConfig, int, int, int], tuple[Any, IndexConfig]]
@@ -106,6 +111,9 @@ class IndexKindSpec:
     search: SearchParam | None = None
     rerank: bool = False
     ip_to_l2: bool = False
+    pq_bits: int | None = None
+    pq_bits_fixed: bool = False
+    candidates: Callable[[IndexConfig, int, int], tuple[dict[str, Any], ...]] = lambda cfg, n, d: ()
 
 
 # --- flat -----------------------------------------------------------------------------
@@ -145,40 +153,109 @@ def _ivf_ready(index: Any, cfg: IndexConfig, n: int) -> Any:
     return index
 
 
+def _flat_quantizer(d: int, metric: int) -> Any:
+    import faiss
+
+    return faiss.IndexFlat(d, metric)
+
+
+def _hnsw_quantizer(d: int, metric: int) -> Any:
+    import faiss
+
+    return faiss.IndexHNSWFlat(d, 32, metric)
+
+
+# IVF coarse quantizers: the index that assigns a vector / query to its nearest cells.
+# ``flat`` compares with every centroid (exact, cost grows with nlist); ``hnsw`` searches
+# the centroids through an HNSW32 graph (faiss ``IVFx_HNSW32``): far cheaper assignment when
+# nlist is large (10M vectors -> ~12k cells), at a small recall cost.
+COARSE_QUANTIZERS: dict[str, Callable[[int, int], Any]] = {
+    "flat": _flat_quantizer,
+    "hnsw": _hnsw_quantizer,
+}
+QUANTIZERS: tuple[str, ...] = tuple(COARSE_QUANTIZERS)
+
+
+def _quantizer(cfg: IndexConfig, d: int, metric: int) -> Any:
+    return COARSE_QUANTIZERS[cfg.quantizer](d, metric)
+
+
+def _ivf_train_on_flat(index: Any, cfg: IndexConfig, d: int, metric: int) -> Any:
+    """k-means assigns training vectors with an exact index whatever the quantizer: a graph
+    quantizer would be rebuilt every k-means iteration; its centroids are added to it after."""
+    if cfg.quantizer != "flat":
+        index.clustering_index = _flat_quantizer(d, metric)
+    return index
+
+
 def _build_ivf_flat(cfg: IndexConfig, n: int, d: int, metric: int) -> tuple[Any, IndexConfig]:
     import faiss
 
     resolved = _ivf_config(cfg, n)
-    quantizer = faiss.IndexFlat(d, metric)
-    index = faiss.IndexIVFFlat(quantizer, d, resolved.nlist, metric)
+    index = faiss.IndexIVFFlat(_quantizer(cfg, d, metric), d, resolved.nlist, metric)
+    _ivf_train_on_flat(index, cfg, d, metric)
     return _ivf_ready(index, resolved, n), resolved
 
 
-def _build_ivf_pq(cfg: IndexConfig, n: int, d: int, metric: int) -> tuple[Any, IndexConfig]:
-    import faiss
-
-    resolved = _ivf_config(cfg, n)
+def _pq_shape(kind: str, cfg: IndexConfig, n: int, d: int) -> tuple[int, int]:
+    """``(pq_m, pq_bits)`` for a PQ kind, checked against the training sample."""
     pq_m = cfg.resolved_pq_m(d)
+    bits = cfg.resolved_pq_bits()
     n_train = min(n, cfg.train_sample)
-    if n_train < 2**cfg.pq_bits:
+    if n_train < 2**bits:
         raise IndexConfigError(
-            f"ivf_pq with pq_bits={cfg.pq_bits} needs at least {2**cfg.pq_bits} training "
+            f"{kind} with pq_bits={bits} needs at least {2**bits} training "
             f"vectors, got {n_train} (n={n}, train_sample={cfg.train_sample}); lower "
             f"pq_bits or use kind='flat'/'ivf_flat'"
         )
-    quantizer = faiss.IndexFlat(d, metric)
-    index = faiss.IndexIVFPQ(quantizer, d, resolved.nlist, pq_m, cfg.pq_bits, metric)
-    index.pq.cp.seed = cfg.seed
-    return _ivf_ready(index, resolved, n), resolved.replace(pq_m=pq_m)
+    return pq_m, bits
+
+
+def _pq_builder(kind: str, faiss_class: str) -> Callable[[IndexConfig, int, int, int], tuple[Any, IndexConfig]]:
+    """The build function of an IVF-PQ kind whose faiss index class is ``faiss_class``."""
+
+    def build(cfg: IndexConfig, n: int, d: int, metric: int) -> tuple[Any, IndexConfig]:
+        import faiss
+
+        resolved = _ivf_config(cfg, n)
+        pq_m, bits = _pq_shape(kind, cfg, n, d)
+        index = getattr(faiss, faiss_class)(_quantizer(cfg, d, metric), d, resolved.nlist, pq_m, bits, metric)
+        _ivf_train_on_flat(index, cfg, d, metric)
+        index.pq.cp.seed = cfg.seed
+        return _ivf_ready(index, resolved, n), resolved.replace(pq_m=pq_m, pq_bits=bits)
+
+    return build
+
+
+_build_ivf_pq = _pq_builder("ivf_pq", "IndexIVFPQ")
+_build_ivf_pq_fs = _pq_builder("ivf_pq_fs", "IndexIVFPQFastScan")
+
+
+def _describe_quantizer(cfg: IndexConfig) -> str:
+    return "" if cfg.quantizer == "flat" else f", {cfg.quantizer.upper()} quantizer"
 
 
 def _describe_ivf_flat(cfg: IndexConfig) -> str:
-    return f"nlist={cfg.nlist}"
+    return f"nlist={cfg.nlist}{_describe_quantizer(cfg)}"
 
 
 def _describe_ivf_pq(cfg: IndexConfig) -> str:
     rerank = f", re-rank {cfg.rerank}k" if cfg.rerank else ""
-    return f"nlist={cfg.nlist}, PQ{cfg.pq_m}x{cfg.pq_bits}{rerank}"
+    return f"nlist={cfg.nlist}{_describe_quantizer(cfg)}, PQ{cfg.pq_m}x{cfg.pq_bits}{rerank}"
+
+
+def _describe_ivf_pq_fs(cfg: IndexConfig) -> str:
+    return _describe_ivf_pq(cfg).replace(f"PQ{cfg.pq_m}x{cfg.pq_bits}", f"PQ{cfg.pq_m}x{cfg.pq_bits}fs")
+
+
+def _ivf_candidates(cfg: IndexConfig, n: int, d: int) -> tuple[dict[str, Any], ...]:
+    """IVF-Flat for auto: the HNSW quantizer once there are enough cells for it to pay."""
+    return ({"quantizer": "hnsw" if n >= 200_000 else "flat"},)
+
+
+def _ivf_pq_fs_candidates(cfg: IndexConfig, n: int, d: int) -> tuple[dict[str, Any], ...]:
+    """Fast-scan PQ is a candidate generator: its best 10k are always re-ranked exactly."""
+    return ({"quantizer": "hnsw" if n >= 200_000 else "flat", "rerank": 10},)
 
 
 def _nlist(cfg: IndexConfig) -> int:
@@ -207,6 +284,16 @@ def _describe_hnsw(cfg: IndexConfig) -> str:
     return f"M={cfg.hnsw_m}, efC={cfg.ef_construction}{', ip->l2' if cfg.ip_to_l2 else ''}"
 
 
+def _hnsw_candidates(cfg: IndexConfig, n: int, d: int) -> tuple[dict[str, Any], ...]:
+    """HNSW for auto: a well-built graph (efConstruction 200) of degree 16 and 32, and for
+    inner product the same on the MIPS-to-NN reduction (which variant wins depends on the
+    vectors, see BENCHMARKS.md)."""
+    graphs = [{"hnsw_m": m, "ef_construction": 200} for m in (16, 32)]
+    if cfg.metric == "ip":
+        graphs.append({"hnsw_m": 32, "ef_construction": 200, "ip_to_l2": True})
+    return tuple(graphs)
+
+
 EF_SEARCH = SearchParam(
     name="ef_search", faiss_name="efSearch", faiss_params="SearchParametersHNSW", limit=None,
     sweep=(16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512),
@@ -216,16 +303,24 @@ EF_SEARCH = SearchParam(
 # --- the registry ---------------------------------------------------------------------
 
 INDEX_KINDS: dict[str, IndexKindSpec] = {
-    "flat": IndexKindSpec(build=_build_flat, describe=_describe_flat, gpu=True),
+    "flat": IndexKindSpec(
+        build=_build_flat, describe=_describe_flat, gpu=True, candidates=lambda cfg, n, d: ({},),
+    ),
     "ivf_flat": IndexKindSpec(
         build=_build_ivf_flat, describe=_describe_ivf_flat, gpu=True, ivf=True, search=NPROBE,
+        candidates=_ivf_candidates,
     ),
-    "ivf_pq": IndexKindSpec(
+    "ivf_pq": IndexKindSpec(  # 8-bit PQ: compact; the fast-scan kind below is faster
         build=_build_ivf_pq, describe=_describe_ivf_pq, gpu=True, ivf=True, search=NPROBE,
-        rerank=True,
+        rerank=True, pq_bits=8,
+    ),
+    "ivf_pq_fs": IndexKindSpec(  # 4-bit PQ scanned with SIMD lookup tables; no GPU version
+        build=_build_ivf_pq_fs, describe=_describe_ivf_pq_fs, gpu=False, ivf=True, search=NPROBE,
+        rerank=True, pq_bits=4, pq_bits_fixed=True, candidates=_ivf_pq_fs_candidates,
     ),
     "hnsw": IndexKindSpec(  # faiss has no GPU HNSW
         build=_build_hnsw, describe=_describe_hnsw, gpu=False, search=EF_SEARCH, ip_to_l2=True,
+        candidates=_hnsw_candidates,
     ),
 }
 KINDS: tuple[str, ...] = tuple(INDEX_KINDS)
@@ -244,16 +339,20 @@ def kinds_where(predicate: Callable[[IndexKindSpec], bool]) -> tuple[str, ...]:
 class IndexConfig:
     """How to build and search a :class:`recbert.index.VectorIndex`.
 
-    kind: a name in :data:`INDEX_KINDS`: ``flat`` (exact), ``ivf_flat``, ``ivf_pq`` or ``hnsw``.
+    kind: a name in :data:`INDEX_KINDS`: ``flat`` (exact), ``ivf_flat``, ``ivf_pq``,
+        ``ivf_pq_fs`` (4-bit fast-scan PQ) or ``hnsw``.
     metric: ``ip`` (inner product), ``cosine`` (vectors and queries are L2-normalised, then
         inner product) or ``l2`` (squared Euclidean; scores are returned negated so that
         higher is always better).
     nlist: IVF cells; ``None`` picks ``4 * sqrt(n)`` clipped so that every cell gets at least
         39 training vectors (faiss' own lower bound) and at most ``n``.
     nprobe: IVF cells visited per query (clipped to ``nlist``).
+    quantizer: IVF kinds' coarse quantizer, a name in :data:`COARSE_QUANTIZERS`: ``flat``
+        (exact assignment) or ``hnsw`` (an HNSW32 graph over the centroids).
     pq_m: PQ sub-quantizers (bytes per vector at 8 bits); must divide the dimension.
         ``None`` picks the largest divisor of the dimension that is at most ``dim / 2``.
-    pq_bits: bits per PQ sub-quantizer code.
+    pq_bits: bits per PQ sub-quantizer code; ``None``: the kind's own (8 for ``ivf_pq``, 4
+        for ``ivf_pq_fs``, whose fast-scan kernels exist for 4 bits only).
     hnsw_m: HNSW graph degree.
     ef_construction / ef_search: HNSW beam widths at build / search time.
     ip_to_l2: ``hnsw`` with ``metric='ip'`` only: build the graph on items augmented with
@@ -278,8 +377,9 @@ class IndexConfig:
     metric: Metric = "ip"
     nlist: int | None = None
     nprobe: int = 128
+    quantizer: str = "flat"
     pq_m: int | None = None
-    pq_bits: int = 8
+    pq_bits: int | None = None
     hnsw_m: int = 32
     ef_construction: int = 40
     ef_search: int = 256
@@ -304,12 +404,24 @@ class IndexConfig:
         _check_int("nprobe", self.nprobe, minimum=1)
         if self.pq_m is not None:
             _check_int("pq_m", self.pq_m, minimum=1)
-        _check_int("pq_bits", self.pq_bits, minimum=1, maximum=16)
+        _check_choice("quantizer", self.quantizer, tuple(COARSE_QUANTIZERS))
+        if self.pq_bits is not None:
+            _check_int("pq_bits", self.pq_bits, minimum=1, maximum=16)
         _check_int("hnsw_m", self.hnsw_m, minimum=2, maximum=512)
         _check_int("ef_construction", self.ef_construction, minimum=1)
         _check_int("ef_search", self.ef_search, minimum=1)
         _check_int("rerank", self.rerank, minimum=0)
         spec = INDEX_KINDS[self.kind]
+        if self.quantizer != "flat" and not spec.ivf:
+            raise IndexConfigError(
+                f"IndexConfig.quantizer={self.quantizer!r} applies to IVF kinds "
+                f"({_either(lambda s: s.ivf)}) only, got kind={self.kind!r}"
+            )
+        if spec.pq_bits_fixed and self.pq_bits not in (None, spec.pq_bits):
+            raise IndexConfigError(
+                f"IndexConfig.pq_bits={self.pq_bits} cannot be used with kind={self.kind!r}: "
+                f"its kernels exist for pq_bits={spec.pq_bits} only (use kind='ivf_pq' for others)"
+            )
         if self.rerank and not spec.rerank:
             raise IndexConfigError(
                 f"IndexConfig.rerank={self.rerank} applies to kind={_either(lambda s: s.rerank)} "
@@ -357,6 +469,15 @@ class IndexConfig:
             return self.pq_m
         candidates = [m for m in _divisors(dim) if m <= max(1, dim // 2)]
         return max(candidates)
+
+    def resolved_pq_bits(self) -> int:
+        """The PQ code width: ``pq_bits``, or the kind's own when it is ``None``."""
+        own = INDEX_KINDS[self.kind].pq_bits
+        if self.pq_bits is not None:
+            return self.pq_bits
+        if own is None:
+            raise IndexConfigError(f"kind={self.kind!r} has no product quantizer")
+        return own
 
     def replace(self, **changes: Any) -> IndexConfig:
         """A copy with ``changes`` applied (and validated)."""

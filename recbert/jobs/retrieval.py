@@ -3,9 +3,10 @@ top-k recommendations for many users at once."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -22,7 +23,8 @@ from recbert.data.sequences import Sequences, build_sequences
 from recbert.data.shards import open_shards
 from recbert.errors import DataError
 from recbert.exports.embeddings import export_items, export_users, item_matrix, user_query_vectors
-from recbert.index import IndexConfig, VectorIndex, recall_at_k
+from recbert.index import IndexConfig, VectorIndex, read_embeddings_parquet, recall_at_k
+from recbert.index.auto import AUTO, AutoSettings, build_auto
 from recbert.io import write_parquet_batches
 from recbert.model.recommender import SequenceRecommender
 from recbert.data.requests import id_array, select_users
@@ -88,20 +90,62 @@ def run_export(model_dir: Path, what: str, out: Path, events: Optional[str] = No
 
 
 def run_index_build(embeddings: Path, out: Path, config: IndexConfig, overwrite: bool = False,
-                    tracking: Optional[TrackingConfig] = None) -> VectorIndex:
+                    tracking: Optional[TrackingConfig] = None, auto: Optional[AutoSettings] = None,
+                    queries: Optional[Path] = None, progress: Any = None) -> VectorIndex:
+    """Build the index of ``config`` over an exported embeddings parquet and save it to ``out``.
+
+    With ``auto``, the kind is chosen by measurement (:func:`recbert.index.auto.build_auto`):
+    ``config`` gives the metric, device and training settings, ``queries`` (an exported
+    users parquet) the held-out queries (default: held-out rows of ``embeddings``); the
+    measured recall and QPS are saved in the sidecar and logged as metrics.
+    """
     params = {"embeddings": str(embeddings), "out": str(out), **{f"index.{k}": v for k, v in config.to_dict().items()}}
+    if auto is not None:
+        params.update({"index.kind": AUTO, **{f"auto.{k}": v for k, v in asdict(auto).items()},
+                       "auto.queries_file": str(queries) if queries else ""})
+    if not overwrite and Path(out).exists():  # before minutes of measuring, not after
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     with tracked("index-build", params, tracking) as tracker:
         started = time.perf_counter()
-        index = VectorIndex.from_parquet(embeddings, _id_column(embeddings), config=config)
+        if auto is None:
+            index = VectorIndex.from_parquet(embeddings, _id_column(embeddings), config=config)
+        else:
+            index = _build_auto_from_parquet(embeddings, config, auto, queries, progress)
         seconds = time.perf_counter() - started
         index.save(out, overwrite=overwrite)
         meta = index.source.get("recbert") if isinstance(index.source.get("recbert"), dict) else {}
         if meta.get("run_id"):
             tracker.set_tag("recbert.source_run_id", str(meta["run_id"]))
         tracker.set_tag("recbert.index_device", index.device)
-        tracker.log_metrics({"count": index.count, "dim": index.dim, "build_s": seconds,
-                             "index_mib": (Path(out) / "index.faiss").stat().st_size / 2**20})
+        tracker.set_tag("recbert.index_kind", index.kind)
+        metrics = {"count": index.count, "dim": index.dim, "build_s": seconds,
+                   "index_mib": (Path(out) / "index.faiss").stat().st_size / 2**20}
+        measured = index.measured
+        if measured is not None:
+            metrics.update({f"auto_{key}": float(measured[key])
+                            for key in ("recall", "qps", "exact_qps", "speedup")})
+            tracker.set_tag("recbert.timing_busy", str(bool(measured["load"]["busy"])).lower())
+            tracker.log_text(json.dumps(measured, indent=2) + "\n", "index_measured.json")
+        tracker.log_metrics(metrics)
     return index
+
+
+def _build_auto_from_parquet(embeddings: Path, config: IndexConfig, auto: AutoSettings,
+                             queries: Optional[Path], progress: Any) -> VectorIndex:
+    id_column = _id_column(embeddings)
+    ids, vectors, metadata = read_embeddings_parquet(embeddings, id_column)
+    source: dict[str, Any] = {"embeddings_path": str(embeddings), "id_column": id_column,
+                              "vector_column": "embedding"}
+    if metadata is not None:
+        source["recbert"] = metadata
+    query_vectors = None
+    if queries is not None:
+        _, query_vectors, _ = read_embeddings_parquet(queries, _id_column(queries))
+        if query_vectors.shape[1] != vectors.shape[1]:
+            raise DataError(f"{queries} holds vectors of dimension {query_vectors.shape[1]} but "
+                            f"{embeddings} of dimension {vectors.shape[1]}: export both from one model")
+        source["queries_path"] = str(queries)
+    return build_auto(vectors, ids, config, auto, queries=query_vectors, source=source, progress=progress)
 
 
 def _id_column(path: Path) -> str:

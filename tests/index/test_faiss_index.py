@@ -306,8 +306,8 @@ def test_hnsw_ip_to_l2_returns_inner_products_and_round_trips(tmp_path, data, it
         IndexConfig(kind="hnsw", metric="cosine", ip_to_l2=True)
 
 
-def test_rerank_only_for_ivf_pq():
-    with pytest.raises(IndexConfigError, match="rerank=4 applies to kind='ivf_pq' only"):
+def test_rerank_only_for_pq_kinds():
+    with pytest.raises(IndexConfigError, match="rerank=4 applies to kind='ivf_pq' or 'ivf_pq_fs' only"):
         IndexConfig(kind="hnsw", rerank=4)
     with pytest.raises(IndexConfigError, match="rerank"):
         IndexConfig(kind="ivf_pq", rerank=-1)
@@ -725,7 +725,7 @@ def test_the_registry_is_the_list_of_kinds(monkeypatch, data, item_ids, no_gpu):
     _, flat = VectorIndex.build(x, item_ids).search(q, 5)
     np.testing.assert_array_equal(copy.search(q, 5)[1], flat)
     monkeypatch.delitem(INDEX_KINDS, "hnsw")
-    choices = "'flat', 'ivf_flat', 'ivf_pq', 'flat_copy'"
+    choices = "'flat', 'ivf_flat', 'ivf_pq', 'ivf_pq_fs', 'flat_copy'"
     with pytest.raises(IndexConfigError, match=f"kind='hnsw' is not one of {choices}"):
         IndexConfig(kind="hnsw")
 
@@ -775,3 +775,93 @@ def test_gpu_placement_follows_the_registry(monkeypatch, kind):
     x = np.random.default_rng(9).standard_normal((600, 8)).astype(np.float32)
     index = VectorIndex.build(x, np.arange(600), IndexConfig(kind=kind))
     assert index.device == ("gpu" if INDEX_KINDS[kind].gpu else "cpu")
+
+
+# --- coarse quantizers, fast-scan PQ, adding vectors -----------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq", "ivf_pq_fs"])
+def test_the_hnsw_coarse_quantizer_finds_the_same_cells(data, item_ids, no_gpu, kind):
+    x, q = data
+    rerank = {"rerank": 10} if INDEX_KINDS[kind].rerank else {}
+    flat = VectorIndex.build(x, item_ids, IndexConfig(kind=kind, nlist=40, nprobe=8, **rerank))
+    graph = VectorIndex.build(x, item_ids, IndexConfig(kind=kind, nlist=40, nprobe=8, quantizer="hnsw", **rerank))
+    assert "HNSW quantizer" in INDEX_KINDS[kind].describe(graph.config)
+    assert type(graph.faiss_index).__name__ != "" and graph.config.quantizer == "hnsw"
+    _, exact = VectorIndex.build(x, item_ids).search(q, 10)
+    r_flat = recall_at_k(flat.search(q, 10)[1], exact, 10)
+    r_graph = recall_at_k(graph.search(q, 10)[1], exact, 10)
+    assert r_graph > 0.8 and abs(r_graph - r_flat) < 0.05  # an HNSW over 40 centroids is all but exact
+
+
+def test_quantizer_and_fast_scan_options_are_checked():
+    with pytest.raises(IndexConfigError, match="quantizer='hnsw' applies to IVF kinds"):
+        IndexConfig(kind="hnsw", quantizer="hnsw")
+    with pytest.raises(IndexConfigError, match="quantizer='tree' is not one of 'flat', 'hnsw'"):
+        IndexConfig(kind="ivf_flat", quantizer="tree")
+    with pytest.raises(IndexConfigError, match="pq_bits=4 only"):
+        IndexConfig(kind="ivf_pq_fs", pq_bits=8)
+    assert IndexConfig(kind="ivf_pq_fs").resolved_pq_bits() == 4
+    assert IndexConfig(kind="ivf_pq").resolved_pq_bits() == 8
+    assert IndexConfig(kind="ivf_pq", pq_bits=6).resolved_pq_bits() == 6
+
+
+def test_fast_scan_pq_with_reranking_recovers_recall(tmp_path, data, item_ids, no_gpu):
+    x, q = data
+    _, exact = VectorIndex.build(x, item_ids).search(q, 10)
+    codes = VectorIndex.build(x, item_ids, IndexConfig(kind="ivf_pq_fs", nprobe=16))
+    refined = VectorIndex.build(x, item_ids, IndexConfig(kind="ivf_pq_fs", nprobe=16, rerank=10))
+    assert codes.config.pq_bits == 4 and codes.config.pq_m == DIM // 2
+    assert type(codes.faiss_index).__name__ == "IndexIVFPQFastScan"
+    r_codes = recall_at_k(codes.search(q, 10)[1], exact, 10)
+    r_refined = recall_at_k(refined.search(q, 10)[1], exact, 10)
+    assert r_refined > 0.9 and r_refined > r_codes + 0.1
+    loaded = VectorIndex.load(refined.save(tmp_path / "fs"), device="cpu")
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], refined.search(q, 10)[1])
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf_flat", "ivf_pq_fs", "hnsw"])
+def test_added_vectors_are_found_like_built_ones(data, item_ids, no_gpu, kind):
+    x, q = data
+    cfg = IndexConfig(kind=kind, nprobe=1000, ef_search=256, **({"rerank": 10} if kind == "ivf_pq_fs" else {}))
+    whole = VectorIndex.build(x, item_ids, cfg)
+    part = VectorIndex.build(x[:1500], item_ids[:1500], cfg)
+    part.add(x[1500:], item_ids[1500:])
+    assert part.count == N and part.ids.tolist() == item_ids.tolist()
+    _, want = whole.search(q, 10)
+    assert recall_at_k(part.search(q, 10)[1], want, 10) > (0.999 if kind == "flat" else 0.9)
+    with pytest.raises(IndexInputError, match="already in the index"):
+        part.add(x[:2], item_ids[:2])
+    with pytest.raises(IndexInputError, match="are strings"):
+        part.add(x[:1], ["a"])
+    with pytest.raises(IndexInputError, match="dimension"):
+        part.add(x[:1, :3], [10**9])
+
+
+def test_adding_beyond_the_ip_to_l2_bound_is_refused(data, item_ids, no_gpu):
+    x, _ = data
+    index = VectorIndex.build(x[:100], item_ids[:100], IndexConfig(kind="hnsw", ip_to_l2=True))
+    with pytest.raises(IndexInputError, match="exceed the ip_to_l2 index's max_norm"):
+        index.add(x[100:101] * 100, item_ids[100:101])
+    wide = VectorIndex.build(x[:100], item_ids[:100],
+                             IndexConfig(kind="hnsw", ip_to_l2=True, max_norm=1e3))
+    assert wide.config.max_norm == 1e3  # a configured bound wider than the vectors is kept
+    wide.add(x[100:101] * 100, item_ids[100:101])
+    assert wide.search(x[100:101], 1)[1][0, 0] == item_ids[100]
+
+
+def test_set_search_default_is_used_and_saved(tmp_path, data, item_ids, no_gpu):
+    x, q = data
+    index = VectorIndex.build(x, item_ids, IndexConfig(kind="ivf_flat", nlist=40, nprobe=1))
+    _, narrow = index.search(q, 10)
+    index.set_search_default(40)
+    assert index.config.nprobe == 40
+    _, wide = index.search(q, 10)
+    np.testing.assert_array_equal(wide, index.search(q, 10, nprobe=40)[1])
+    assert not np.array_equal(narrow, wide)
+    loaded = VectorIndex.load(index.save(tmp_path / "i"), device="cpu")
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], wide)
+    with pytest.raises(IndexInputError, match="no search-time parameter"):
+        VectorIndex.build(x, item_ids).set_search_default(3)
+    with pytest.raises(IndexInputError, match="positive integer"):
+        index.set_search_default(0)

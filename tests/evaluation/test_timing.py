@@ -1,0 +1,117 @@
+"""Tests for recbert.evaluation.timing: the idle-machine guard (stubbed readers) and medians."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from recbert.evaluation.timing import (
+    BusyMachineError,
+    IdleGuard,
+    Readers,
+    machine_busy_seconds,
+    median_rate,
+    own_busy_seconds,
+)
+
+
+class FakeMachine:
+    """A machine whose load average, busy CPU seconds and clock the test sets."""
+
+    def __init__(self, load: float = 0.1) -> None:
+        self.load = load
+        self.machine = 1000.0
+        self.own = 10.0
+        self.now = 0.0
+        self.proc = True
+
+    def readers(self) -> Readers:
+        return Readers(load_average=lambda: self.load,
+                       machine_busy=lambda: self.machine if self.proc else None,
+                       own_busy=lambda: self.own, clock=lambda: self.now)
+
+    def run(self, seconds: float, own_cores: float, other_cores: float) -> None:
+        self.now += seconds
+        self.own += own_cores * seconds
+        self.machine += (own_cores + other_cores) * seconds
+
+
+def test_an_idle_machine_passes_and_counts_only_other_processes():
+    m = FakeMachine(load=0.05)
+    guard = IdleGuard(readers=m.readers(), refuse=True)
+    guard.start()
+    m.run(100, own_cores=2.0, other_cores=0.1)  # our own two busy threads are not contention
+    m.load = 2.0  # ... though they raise the load average
+    report = guard.stop()
+    assert report.others_during == pytest.approx(0.1)
+    assert report.load_before == 0.05 and report.load_after == 2.0
+    assert report.seconds == 100 and not report.busy
+    assert "idle" in report.line() and "0.10 cores" in report.line()
+    assert report.as_dict()["busy"] is False
+
+
+def test_a_busy_start_is_refused_or_warned(caplog):
+    m = FakeMachine(load=1.3)
+    with pytest.raises(BusyMachineError, match="load average 1.30 is above 0.5"):
+        IdleGuard(readers=m.readers(), refuse=True).start()
+    with caplog.at_level(logging.WARNING, logger="recbert.timing"):
+        guard = IdleGuard(readers=m.readers())
+        guard.start()
+        m.run(10, own_cores=1, other_cores=0)
+        report = guard.stop()
+    assert report.busy and "BUSY" in report.line()
+    assert "load average 1.30" in caplog.text
+
+
+def test_another_process_during_the_timing_is_detected(caplog):
+    m = FakeMachine(load=0.0)
+    guard = IdleGuard(limit=0.5, readers=m.readers(), refuse=True)
+    guard.start()
+    m.run(50, own_cores=1.0, other_cores=0.9)
+    with pytest.raises(BusyMachineError, match="other processes used 0.90 cores"):
+        guard.stop()
+    assert guard.report is not None and guard.report.busy
+    m2 = FakeMachine(load=0.0)
+    with caplog.at_level(logging.WARNING, logger="recbert.timing"):
+        with IdleGuard(readers=m2.readers()) as g:
+            m2.run(50, own_cores=1.0, other_cores=0.9)
+    assert g.report.busy and "0.90 cores" in caplog.text
+
+
+def test_without_proc_the_interval_is_unmeasured_not_idle():
+    m = FakeMachine(load=0.0)
+    m.proc = False
+    with IdleGuard(readers=m.readers()) as guard:
+        m.run(5, 1, 5)
+    assert guard.report.others_during is None and not guard.report.busy
+    assert "unmeasured" in guard.report.line()
+
+
+def test_the_real_readers_read_this_machine():
+    busy = machine_busy_seconds()
+    assert busy is None or busy > 0
+    assert own_busy_seconds() > 0
+    with pytest.raises(RuntimeError, match="before start"):
+        IdleGuard().stop()
+    with pytest.raises(ValueError):
+        IdleGuard(limit=-1)
+
+
+def test_median_rate_takes_the_median_of_repeats():
+    durations = iter([2.0, 1.0, 4.0])
+    now = [0.0]
+    calls = []
+
+    def clock():
+        return now[0]
+
+    def run():
+        now[0] += next(durations)
+        calls.append(1)
+        return len(calls)
+
+    median, rates, last = median_rate(run, count=100, repeats=3, clock=clock)
+    assert rates == [50.0, 100.0, 25.0] and median == 50.0 and last == 3
+    with pytest.raises(ValueError):
+        median_rate(run, 1, repeats=0)
