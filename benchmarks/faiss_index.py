@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="queries used to sweep nprobe / efSearch (a prefix of --queries)")
     p.add_argument("--no-sweep", action="store_true",
                    help="use the configured nprobe / efSearch only")
+    p.add_argument("--auto", action="store_true",
+                   help="also run `--kind auto` selection (recbert.index.auto) on the same vectors and queries")
+    p.add_argument("--auto-sample", type=int, default=200_000, help="--auto: candidates' sample size")
     p.add_argument("--plot", type=Path, help="write the recall-vs-QPS curve of the sweeps to this PNG")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
@@ -213,6 +216,22 @@ def label(cfg: IndexConfig) -> str:
     return f"{cfg.kind} {INDEX_KINDS[cfg.kind].describe(cfg)}"
 
 
+def run_auto(x: np.ndarray, ids: np.ndarray, q: np.ndarray, args: argparse.Namespace) -> None:
+    """``--kind auto`` on the benchmark's vectors, its queries given as the held-out queries."""
+    from recbert.index.auto import AutoSettings, build_auto
+
+    print("\n--kind auto:")
+    started = time.perf_counter()
+    settings = AutoSettings(target_recall=args.target_recall, k=args.k, sample=args.auto_sample,
+                            queries=min(1000, len(q)), repeats=args.repeats, seed=args.seed)
+    index = build_auto(x, ids, IndexConfig(metric=args.metric, seed=args.seed, device="cpu"), settings,
+                       queries=q, progress=lambda line: print("  " + line))
+    m = index.measured
+    print(f"  -> {index.kind} {INDEX_KINDS[index.kind].describe(index.config)}, {m['search']}: recall@{m['k']} "
+          f"{m['recall']:.4f}, {m['qps']:,.0f} QPS = {m['speedup']:.1f}x exact ({m['exact_qps']:,.0f}) on "
+          f"{m['queries']:,} queries; selection took {time.perf_counter() - started:.0f}s")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -308,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
               f"recall {fastest['recall']:.4f}" + (" [BUSY machine: not trustworthy]" if load.busy else ""))
     else:
         print(f"\nno index reached recall@{k} >= {args.target_recall}")
+    if args.auto:
+        run_auto(x, ids, q, args)
     if args.plot:
         from recbert.evaluation.plots import recall_qps_curve, save_figure
 
