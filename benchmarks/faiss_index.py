@@ -299,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         })
         del index
 
+    guard.refuse = False  # a busy interval labels the figures below; it does not discard them
     load = guard.stop()
     print(f"\nn={len(x):,} dim={x.shape[1]} queries={len(q):,} k={k}; QPS = median of {args.repeats}; "
           f"peak RSS is the process high-water mark so far (cumulative)")
