@@ -39,7 +39,7 @@ def test_the_benchmark_prints_the_grid_the_front_and_the_auto_choice(bench, caps
 def test_a_busy_machine_is_refused_unless_allowed(bench, monkeypatch, capsys):
     monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 1.0))
     with pytest.raises(SystemExit, match="refusing to time on a busy machine: load average 1.70"):
-        bench.main(["--n", "500", "--dim", "8", "--queries", "20", "--index", "flat"])
+        bench.main(["--n", "500", "--dim", "8", "--queries", "20", "--index", "flat", "--wait-idle", "0"])
     bench.main(["--n", "500", "--dim", "8", "--queries", "20", "--index", "flat", "--allow-busy",
                 "--repeats", "1", "--single-queries", "5"])
     assert "BUSY" in capsys.readouterr().out

@@ -112,6 +112,18 @@ class IdleGuard:
         self.report: LoadReport | None = None
         self._start: tuple[float, float | None, float, float] | None = None
 
+    def wait_until_idle(self, timeout: float, poll: float = 5.0,
+                        sleep: Callable[[float], None] = time.sleep) -> float:
+        """Wait (up to ``timeout`` seconds) for the load average to fall to ``limit``: it
+        lags a finished job by a minute or two. Returns the last reading."""
+        waited = 0.0
+        load = float(self.readers.load_average())
+        while load > self.limit and waited < timeout:
+            sleep(poll)
+            waited += poll
+            load = float(self.readers.load_average())
+        return load
+
     def start(self) -> float:
         r = self.readers
         load = float(r.load_average())

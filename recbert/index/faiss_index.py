@@ -42,6 +42,7 @@ from recbert.index.spec import (
     METRICS,
     faiss_metric_name,
     kinds_where,
+    quantizer_ef_search,
 )
 from recbert.io import atomic_dir
 
@@ -382,6 +383,10 @@ class VectorIndex:
                 f"{param.name}={requested} exceeds the faiss GPU limit {GPU_MAX_K}"
             )
         params = getattr(faiss, param.faiss_params)(**{param.faiss_name: value})
+        if self._config.quantizer == "hnsw":
+            inner = faiss.SearchParametersHNSW(efSearch=quantizer_ef_search(value))
+            params.quantizer_params = inner
+            params._recbert_keep = inner  # the C++ side holds a raw pointer: keep it alive
         if self._config.rerank:
             return faiss.IndexRefineSearchParameters(k_factor=float(self._config.rerank),
                                                      base_index_params=params)
@@ -539,11 +544,15 @@ def _kinds_searched_with(name: str) -> tuple[str, ...]:
 
 
 def _store_search_default(index: Any, cfg: IndexConfig) -> None:
-    """Make the configured search-time value (e.g. ``nprobe``) the CPU faiss index's default."""
+    """Make the configured search-time value (e.g. ``nprobe``) the CPU faiss index's default
+    (and an HNSW coarse quantizer's beam width, to match it)."""
     param = INDEX_KINDS[cfg.kind].search
     if param is not None:
         value = param.effective(cfg, getattr(cfg, param.name))
-        faiss.ParameterSpace().set_index_parameter(index, param.faiss_name, value)
+        space = faiss.ParameterSpace()
+        space.set_index_parameter(index, param.faiss_name, value)
+        if cfg.quantizer == "hnsw":
+            space.set_index_parameter(index, "quantizer_efSearch", quantizer_ef_search(value))
 
 
 def _augment_items(x: np.ndarray, cfg: IndexConfig) -> tuple[np.ndarray, IndexConfig]:

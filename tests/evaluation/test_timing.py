@@ -115,3 +115,17 @@ def test_median_rate_takes_the_median_of_repeats():
     assert rates == [50.0, 100.0, 25.0] and median == 50.0 and last == 3
     with pytest.raises(ValueError):
         median_rate(run, 1, repeats=0)
+
+
+def test_waiting_for_the_load_to_fall():
+    m = FakeMachine(load=2.0)
+    slept = []
+
+    def sleep(seconds):
+        slept.append(seconds)
+        m.load /= 2
+
+    guard = IdleGuard(readers=m.readers(), refuse=True)
+    assert guard.wait_until_idle(60, poll=5, sleep=sleep) == 0.5 and slept == [5, 5]  # at the limit is idle
+    m.load = 3.0
+    assert guard.wait_until_idle(10, poll=5, sleep=lambda s: None) == 3.0  # gives up after the timeout
