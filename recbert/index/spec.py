@@ -262,7 +262,11 @@ def _ivf_candidates(cfg: IndexConfig, n: int, d: int) -> tuple[dict[str, Any], .
     inner product also on the MIPS-to-NN reduction, whose L2 cells suit it better (at 1M x 64:
     recall@10 0.969 at nprobe 128 of 4,000 cells, vs 0.88 for inner-product cells)."""
     quantizer = "hnsw" if n >= 200_000 else "flat"
-    both = ({"quantizer": quantizer}, {"quantizer": quantizer, "ip_to_l2": True})
+    # enough training vectors for the automatic 4 * sqrt(n) cells (50 each): the default
+    # sample would cap nlist at train_sample / 39 (2,564 at 1M, where 4,000 cells measured
+    # 8.9x exact against 5.4x)
+    train = {"train_sample": min(n, max(cfg.train_sample, 50 * round(4 * math.sqrt(n))))}
+    both = ({"quantizer": quantizer, **train}, {"quantizer": quantizer, "ip_to_l2": True, **train})
     return both if cfg.metric == "ip" else both[:1]
 
 

@@ -189,3 +189,12 @@ def test_cli_index_build_kind_auto(tmp_path, items, mlflow_uri, capsys):
     assert "already exists" in capsys.readouterr().err
     assert main(["index", "build", "--embeddings", str(tmp_path / "items.parquet"), "--out", str(tmp_path / "x"),
                  "--queries", str(tmp_path / "users.parquet")]) != 0
+
+
+def test_ivf_candidates_train_enough_vectors_for_their_cells():
+    ivf = INDEX_KINDS["ivf_flat"].candidates
+    big = ivf(IndexConfig(kind="ivf_flat"), 1_000_000, 64)
+    assert [c["train_sample"] for c in big] == [200_000, 200_000] and big[1]["ip_to_l2"]
+    assert IndexConfig(kind="ivf_flat", **big[0]).resolved_nlist(1_000_000) == 4000
+    small = ivf(IndexConfig(kind="ivf_flat", metric="cosine"), 5_000, 16)
+    assert small == ({"quantizer": "flat", "train_sample": 5_000},)
