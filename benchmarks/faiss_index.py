@@ -47,7 +47,7 @@ import faiss
 from recbert.config import build_section, parse_overrides
 from recbert.errors import RecbertError
 from recbert.evaluation.report import pareto_front
-from recbert.evaluation.timing import IdleGuard, median_rate, tiled
+from recbert.evaluation.timing import IdleGuard
 from recbert.index import (
     INDEX_KINDS,
     IndexConfig,
@@ -55,6 +55,7 @@ from recbert.index import (
     read_embeddings_parquet,
     recall_at_k,
 )
+from recbert.index.auto import batch_qps
 
 # The 1M x 64 grid (BENCHMARKS.md "Retrieval on an idle machine"): exact search; the
 # earlier default HNSW; IVF-Flat on the MIPS-to-NN reduction with the HNSW coarse quantizer,
@@ -185,19 +186,12 @@ def index_bytes(index: VectorIndex) -> int:
     return int(faiss.serialize_index(index.faiss_index).nbytes)
 
 
-TIMING_BATCH = 4096  # timed batches hold at least this many queries (the queries repeated)
-
-
 def batch_search(
     index: VectorIndex, q: np.ndarray, k: int, repeats: int, **override
 ) -> tuple[np.ndarray, float]:
-    """The ids found for ``q`` and the batch QPS: the median of ``repeats`` timed searches of
-    ``q`` repeated to at least TIMING_BATCH queries (faiss' exact search is ~5x slower per
-    query on batches of 1,000-1,999 than of 2,000+; every index is timed the same way)."""
+    """The ids found for ``q`` and the batch QPS (:func:`recbert.index.auto.batch_qps`)."""
     _, ids = index.search(q, k, **override)
-    batch = tiled(q, TIMING_BATCH)
-    qps, _, _ = median_rate(lambda: index.search(batch, k, **override), len(batch), repeats)
-    return ids, qps
+    return ids, batch_qps(index, q, k, repeats, **override)
 
 
 def single_query_qps(index: VectorIndex, q: np.ndarray, k: int, limit: int, **override) -> float:

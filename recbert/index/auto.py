@@ -3,22 +3,21 @@
 :func:`build_auto` holds some queries out (given query vectors, e.g. exported users, or a
 seeded sample of the vectors themselves, kept out of every index it measures), then
 
-1. builds every candidate the registry lists (:attr:`IndexKindSpec.candidates`: exact
-   search, IVF-Flat, fast-scan IVF-PQ with exact re-ranking, HNSW graphs) on a seeded
-   sample of at most ``sample`` vectors, sweeps each one's search parameter upward until
-   recall@k against exact search on the held-out queries reaches the target, and times
-   that setting (batch QPS, median of ``repeats``);
-2. keeps the fastest candidate that reached the target, if it beats exact search on the
-   sample by ``min_speedup`` (else exact search is the right choice, and is built);
-3. builds it on all the vectors, sweeps its search parameter again from the sample's
-   value until recall reaches the target on the full set, and measures QPS (median) and
-   the exact search's QPS there; falls back to exact search when the full index misses the
-   target or is not faster; then adds the held-out vectors.
+1. builds every candidate the registry lists (:attr:`IndexKindSpec.candidates`) on a
+   seeded sample of at most ``sample`` vectors, sweeps each one's search parameter upward
+   until recall@k against exact search on the held-out queries reaches the target, and
+   times that setting (batch QPS, median of ``repeats``);
+2. takes the ``finalists`` fastest that reached the target at ``min_speedup`` times exact
+   search's speed on the sample (none: exact search is the right choice, and is built);
+3. builds each finalist on all the vectors, sweeps its search parameter again from the
+   sample's value, and keeps the fastest that reaches the target there at ``min_speedup``
+   times exact search's QPS on all the vectors (none: exact search); then adds the
+   held-out vectors.
 
 The index carries the measurements (:attr:`VectorIndex.measured`, saved in the sidecar):
-recall, QPS, exact QPS, the search value, every candidate's figures and the machine's load
-(:class:`recbert.evaluation.timing.IdleGuard`; figures taken beside another busy process
-are flagged).
+recall, QPS, exact QPS, the search value, every candidate's and finalist's figures and the
+machine's load (:class:`recbert.evaluation.timing.IdleGuard`; figures taken beside another
+busy process are flagged).
 """
 
 from __future__ import annotations
@@ -46,6 +45,10 @@ from recbert.index.spec import (
 logger = logging.getLogger("recbert.index")
 
 AUTO = "auto"  # the CLI's --kind value that selects by measurement
+# the kind-specific options a candidate starts from, so that ``base`` contributes only what
+# every kind shares (metric, device, seed, training sample)
+PLAIN = {"rerank": 0, "ip_to_l2": False, "quantizer": "flat", "max_norm": None}
+TIMING_BATCH = 4096  # queries per timed batch (held-out queries repeated up to it)
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def build_auto(
     for changes in _candidates(base, x, settings):
         if changes["kind"] == "flat":
             continue
-        m, index = _measure(xs, sample_rows, q, truth, base.replace(**changes), changes, settings)
+        m, index = _measure(xs, id_array[sample_rows], q, truth, base.replace(**changes), changes, settings)
         results.append(m)
         say(f"auto: {_line(m)}")
         if index is not None and not sampled:
@@ -207,7 +210,6 @@ def build_auto(
         t0 = time.perf_counter()
         if i in kept:
             candidate = kept.pop(i)
-            candidate._ids = id_array[inside]  # candidates carry row numbers as ids
         else:
             candidate = VectorIndex.build(x[inside], id_array[inside], base.replace(**pick.changes), source=source)
         measured = _sweep(candidate, q, truth, settings, start=pick.value, changes=pick.changes,
@@ -230,8 +232,7 @@ def build_auto(
             index.add(x[held], id_array[held])
     else:
         say("auto: chose flat (exact search)")
-        flat = base.replace(kind="flat", rerank=0, ip_to_l2=False, quantizer="flat")
-        index = VectorIndex.build(x, id_array, flat, source=source)
+        index = VectorIndex.build(x, id_array, base.replace(kind="flat", **PLAIN), source=source)
     final = full if chosen else exact_full
     load = guard.stop()
     say(f"auto: {load.line()}")
@@ -265,29 +266,31 @@ def build_auto(
 
 
 def _candidates(base: IndexConfig, x: np.ndarray, settings: AutoSettings) -> list[dict[str, Any]]:
-    """Every registry candidate's full IndexConfig changes (kind-specific options reset, so
-    that ``base`` contributes only what is common). MIPS-to-NN candidates are bounded by the
-    largest norm of *all* the vectors, so that the held-out ones can be added afterwards."""
+    """Every registry candidate's full IndexConfig changes (from :data:`PLAIN`). MIPS-to-NN
+    candidates are bounded by the largest norm of *all* the vectors, so that the held-out
+    ones can be added afterwards."""
     n, d = x.shape
     kinds = settings.kinds if settings.kinds is not None else tuple(INDEX_KINDS)
+    max_norm = None
     out = []
     for kind in kinds:
-        probe = base.replace(kind=kind, rerank=0, ip_to_l2=False, quantizer="flat", max_norm=None)
-        for changes in INDEX_KINDS[kind].candidates(probe, n, d):
-            full = {"kind": kind, "rerank": 0, "ip_to_l2": False, "quantizer": "flat", "max_norm": None,
-                    **changes}
+        for changes in INDEX_KINDS[kind].candidates(base.replace(kind=kind, **PLAIN), n, d):
+            full = {"kind": kind, **PLAIN, **changes}
             if full["ip_to_l2"]:
-                full["max_norm"] = float(np.sqrt(np.einsum("ij,ij->i", x, x).max()))
+                if max_norm is None:
+                    max_norm = float(np.sqrt(np.einsum("ij,ij->i", x, x).max()))
+                full["max_norm"] = max_norm
             out.append(full)
     return out
 
 
-TIMING_BATCH = 4096  # queries per timed batch (held-out queries repeated up to it)
-
-
-def _time_search(index: VectorIndex, q: np.ndarray, k: int, repeats: int, **override) -> float:
+def batch_qps(index: VectorIndex, q: np.ndarray, k: int, repeats: int, **override) -> float:
+    """Batch QPS of ``index.search`` (with ``override``, e.g. ``nprobe=64``): the median of
+    ``repeats`` timed searches of ``q`` repeated to at least :data:`TIMING_BATCH` queries
+    (faiss' exact search is ~5x slower per query on batches of 1,000-1,999 than of 2,000+;
+    every index is timed the same way), after a warm-up."""
     batch = tiled(q, TIMING_BATCH)
-    index.search(q[: min(len(q), 64)], k, **override)  # warm-up
+    index.search(q[: min(len(q), 64)], k, **override)
     qps, _, _ = median_rate(lambda: index.search(batch, k, **override), len(batch), repeats)
     return qps
 
@@ -300,17 +303,16 @@ def _measure_exact(x: np.ndarray, q: np.ndarray, settings: AutoSettings,
     batch = tiled(q, TIMING_BATCH)
     qps, _, _ = median_rate(lambda: exact_neighbours(x, batch, settings.k, metric), len(batch), settings.repeats)
     return truth, Measurement(
-        kind="flat", params="exact", changes={"kind": "flat", "rerank": 0, "ip_to_l2": False,
-                                              "quantizer": "flat"},
+        kind="flat", params="exact", changes={"kind": "flat", **PLAIN},
         search=None, value=None, recall=1.0, qps=qps, build_s=0.0, n=len(x), reached=True,
     )
 
 
-def _measure(xs: np.ndarray, rows: np.ndarray, q: np.ndarray, truth: np.ndarray, cfg: IndexConfig,
+def _measure(xs: np.ndarray, ids: np.ndarray, q: np.ndarray, truth: np.ndarray, cfg: IndexConfig,
              changes: dict[str, Any], settings: AutoSettings) -> tuple[Measurement, VectorIndex | None]:
     t0 = time.perf_counter()
     try:
-        index = VectorIndex.build(xs, rows, cfg)
+        index = VectorIndex.build(xs, ids, cfg)
     except IndexConfigError as exc:
         return Measurement(kind=cfg.kind, params=str(changes), changes=changes, search=None, value=None,
                            recall=float("nan"), qps=0.0, build_s=0.0, n=len(xs), reached=False,
@@ -341,7 +343,7 @@ def _sweep(index: VectorIndex, q: np.ndarray, truth: np.ndarray, settings: AutoS
             chosen = (value, recall)
             break
     value, recall = chosen or best
-    qps = _time_search(index, q, k, settings.repeats, **{param.name: value})
+    qps = batch_qps(index, q, k, settings.repeats, **{param.name: value})
     return Measurement(kind=cfg.kind, params=INDEX_KINDS[cfg.kind].describe(cfg), changes=changes,
                        search=param.name, value=int(value), recall=float(recall), qps=float(qps),
                        build_s=build_s, n=index.count, reached=chosen is not None,

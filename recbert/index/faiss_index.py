@@ -235,14 +235,7 @@ class VectorIndex:
         ids, vectors, metadata = read_embeddings_parquet(
             path, id_column, vector_column, batch_rows=batch_rows
         )
-        merged: dict[str, Any] = {
-            "embeddings_path": str(path),
-            "id_column": id_column,
-            "vector_column": vector_column,
-        }
-        if metadata is not None:
-            merged["recbert"] = metadata
-        merged.update(source or {})
+        merged = {**embeddings_source(path, id_column, vector_column, metadata), **(source or {})}
         return cls.build(vectors, ids, config, source=merged)
 
     def add(self, vectors: np.ndarray, ids: Any) -> None:
@@ -262,16 +255,14 @@ class VectorIndex:
             shown = ", ".join(repr(v) for v in sorted(clash)[:5])
             raise IndexInputError(f"{len(clash)} ids are already in the index, e.g. {shown}")
         if self._config.ip_to_l2:
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
             bound = float(self._config.max_norm)
-            if (norms > bound * (1 + 1e-6)).any():
+            x, widened = _augment_items(x, self._config)
+            if widened.max_norm > bound * (1 + 1e-6):
                 raise IndexInputError(
-                    f"vectors of norm up to {norms.max():.4g} exceed the ip_to_l2 index's "
+                    f"vectors of norm up to {widened.max_norm:.4g} exceed the ip_to_l2 index's "
                     f"max_norm {bound:.4g}: the MIPS-to-NN reduction needs every item within it; "
                     f"rebuild the index with all the vectors"
                 )
-            extra = np.sqrt(np.maximum(bound ** 2 - norms ** 2, 0.0)).astype(np.float32)[:, None]
-            x = np.hstack([x, extra])
         self._index.add(x)
         self._ids = np.concatenate([self._ids, new_ids])
 
@@ -849,6 +840,17 @@ def read_embeddings_parquet(
     if all_ids.null_count:
         raise IndexInputError(f"{path}: column {id_column!r} has {all_ids.null_count} nulls")
     return all_ids.to_numpy(), vectors, metadata
+
+
+def embeddings_source(path: str | Path, id_column: str, vector_column: str,
+                      metadata: dict[str, Any] | str | None) -> dict[str, Any]:
+    """The sidecar ``source`` of an index built from an embeddings parquet: its path, columns
+    and (when present) the file's ``recbert`` metadata."""
+    source: dict[str, Any] = {"embeddings_path": str(path), "id_column": id_column,
+                              "vector_column": vector_column}
+    if metadata is not None:
+        source["recbert"] = metadata
+    return source
 
 
 def _recbert_metadata(schema: pa.Schema, path: Path) -> dict[str, Any] | str | None:

@@ -24,6 +24,7 @@ from recbert.data.shards import open_shards
 from recbert.errors import DataError
 from recbert.exports.embeddings import export_items, export_users, item_matrix, user_query_vectors
 from recbert.index import IndexConfig, VectorIndex, read_embeddings_parquet, recall_at_k
+from recbert.index.faiss_index import embeddings_source
 from recbert.index.auto import AUTO, AutoSettings, build_auto
 from recbert.io import write_parquet_batches
 from recbert.model.recommender import SequenceRecommender
@@ -134,10 +135,7 @@ def _build_auto_from_parquet(embeddings: Path, config: IndexConfig, auto: AutoSe
                              queries: Optional[Path], progress: Any) -> VectorIndex:
     id_column = _id_column(embeddings)
     ids, vectors, metadata = read_embeddings_parquet(embeddings, id_column)
-    source: dict[str, Any] = {"embeddings_path": str(embeddings), "id_column": id_column,
-                              "vector_column": "embedding"}
-    if metadata is not None:
-        source["recbert"] = metadata
+    source = embeddings_source(embeddings, id_column, "embedding", metadata)
     query_vectors = None
     if queries is not None:
         _, query_vectors, _ = read_embeddings_parquet(queries, _id_column(queries))
