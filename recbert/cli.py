@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
@@ -30,6 +31,8 @@ def cli(quiet: bool) -> None:
     """
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if quiet:  # MLflow's artifact download bar too (unless the variable is set explicitly)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 # -- import ------------------------------------------------------------------------------

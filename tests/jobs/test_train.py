@@ -48,6 +48,7 @@ def test_train_logs_everything_to_mlflow_and_evaluates_back(cyclic_parquet, mlfl
 
     code, out2, err2 = run_cli(["-q", "evaluate", "--run-id", run_id], capsys)
     assert code == 0, err2
+    assert "Downloading artifacts" not in err2  # -q: no MLflow download bar either
     hr10 = float(out2.splitlines()[2].split("|")[6])  # 'all' row, hr@10 column
     assert hr10 == pytest.approx(metrics["test/all/hr_at_10"], abs=5e-5)
 
