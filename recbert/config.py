@@ -107,6 +107,11 @@ class ModelConfig:
     norm: Literal["pre", "post"] = "pre"
     attention: Attention = "bidirectional"  # set by the last training stage
     residual_attention: bool = False  # RealFormer: add the previous layer's scores
+    # BSARec's frequency branch beside the attention (model.frequency): each layer mixes
+    # filter_mix * (low-pass + beta^2 * high-pass) with (1 - filter_mix) * attention; 0 = off.
+    # The low-pass is a moving average of filter_window positions (causal under causal attention).
+    filter_mix: float = 0.0
+    filter_window: int = 10
     output_transform: bool = True  # dense + GELU + LayerNorm before the tied output
     # Layer fusion of all hidden states (embedding output = layer 0) into the sequence output:
     # 'last' (the last layer only), 'learned' (softmax-weighted sum + dense), or the
@@ -123,7 +128,7 @@ class ModelConfig:
     feature_widths: dict[str, int] = field(default_factory=dict)  # max values per item per feature
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "layers", "heads", "intermediate", "max_len", "reuse_kernel_size"):
+        for name in ("hidden", "layers", "heads", "intermediate", "max_len", "reuse_kernel_size", "filter_window"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         _check_choice("model.fusion", self.fusion, FUSIONS)
@@ -133,6 +138,9 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.filter_mix <= 1.0:
+            raise ConfigError(f"model.filter_mix (share of the frequency branch) must be in [0, 1], "
+                              f"got {self.filter_mix}")
         if self.fusion in POOL_KINDS and not 1 <= self.fusion_layers <= self.layers + 1:
             raise ConfigError(f"model.fusion_layers must be in [1, {self.layers + 1}] (layers + embeddings), "
                               f"got {self.fusion_layers}")

@@ -1,5 +1,6 @@
 """Transformer encoder: bidirectional or causal self-attention, pre- or post-LayerNorm,
-optional residual attention (RealFormer). Returns every hidden state."""
+optional residual attention (RealFormer) and BSARec's frequency branch beside the attention
+(``model.filter_mix``, :mod:`recbert.model.frequency`). Returns every hidden state."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 
 from recbert.config import ModelConfig
 from recbert.data.vocab import PAD
+from recbert.model.frequency import FrequencyRescale
 
 
 @dataclass
@@ -81,16 +83,30 @@ class EncoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(config.hidden)
         self.norm2 = nn.LayerNorm(config.hidden)
         self.dropout = nn.Dropout(config.dropout)
+        # alpha * frequency branch + (1 - alpha) * attention branch (BSARec); off at 0
+        self.mix = config.filter_mix
+        self.filter = FrequencyRescale(config.hidden, config.filter_window, config.dropout) if self.mix else None
 
     def forward(self, x: Tensor, mask: Tensor, prev_scores: Optional[Tensor] = None,
-                keep_scores: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+                keep_scores: bool = False, real: Optional[Tensor] = None,
+                causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        """``real`` ``[B, L]`` (True = not PAD) and ``causal`` are read by the frequency
+        branch only."""
         if self.pre_norm:
-            a, scores = self.attention(self.norm1(x), mask, prev_scores, keep_scores)
-            x = x + self.dropout(a)
+            n = self.norm1(x)
+            a, scores = self.attention(n, mask, prev_scores, keep_scores)
+            if self.filter is None:
+                x = x + self.dropout(a)
+            else:
+                x = x + self.mix * self.filter.dropout(self.filter.delta(n, real, causal)) \
+                    + (1 - self.mix) * self.dropout(a)
             x = x + self.dropout(self.ffn(self.norm2(x)))
         else:
             a, scores = self.attention(x, mask, prev_scores, keep_scores)
-            x = self.norm1(x + self.dropout(a))
+            if self.filter is None:
+                x = self.norm1(x + self.dropout(a))
+            else:
+                x = self.mix * self.filter(x, real, causal) + (1 - self.mix) * self.norm1(x + self.dropout(a))
             x = self.norm2(x + self.dropout(self.ffn(x)))
         return x, scores
 
@@ -107,7 +123,8 @@ class Encoder(nn.Module):
         states = [x]
         scores = None
         residual = self.config.residual_attention
+        real = input_ids != PAD
         for i, layer in enumerate(self.layers):
-            x, scores = layer(x, mask, scores if residual else None, keep_scores=residual)
+            x, scores = layer(x, mask, scores if residual else None, keep_scores=residual, real=real, causal=causal)
             states.append(self.final_norm(x) if i == len(self.layers) - 1 else x)
-        return EncoderOutput(states[-1], tuple(states), input_ids != PAD)
+        return EncoderOutput(states[-1], tuple(states), real)

@@ -39,10 +39,11 @@ def test_attention_mask_hides_padding_and_future():
     assert bi.diagonal().all() and ca.diagonal().all()
 
 
+@pytest.mark.parametrize("filter_mix", [0.0, 0.7, 1.0])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("norm", ["pre", "post"])
-def test_causal_outputs_do_not_depend_on_future_items(residual, norm):
-    cfg = tiny(residual_attention=residual, norm=norm)
+def test_causal_outputs_do_not_depend_on_future_items(residual, norm, filter_mix):
+    cfg = tiny(residual_attention=residual, norm=norm, filter_mix=filter_mix)
     a = torch.tensor([[3, 4, 5, 6, 7]])
     b = torch.tensor([[3, 4, 5, 9, 12]])
     oa, ob = encode(cfg, a, True), encode(cfg, b, True)
@@ -52,9 +53,11 @@ def test_causal_outputs_do_not_depend_on_future_items(residual, norm):
     assert not torch.allclose(bi_a.last_hidden_state[:, :3], bi_b.last_hidden_state[:, :3])
 
 
+@pytest.mark.parametrize("filter_mix", [0.0, 0.7])
+@pytest.mark.parametrize("norm", ["pre", "post"])
 @pytest.mark.parametrize("residual", [False, True])
-def test_padding_content_does_not_leak(residual):
-    cfg = tiny(residual_attention=residual)
+def test_padding_content_does_not_leak(residual, norm, filter_mix):
+    cfg = tiny(residual_attention=residual, norm=norm, filter_mix=filter_mix)
     torch.manual_seed(0)
     emb, enc = SequenceEmbeddings(cfg), Encoder(cfg)
     emb.eval(), enc.eval()

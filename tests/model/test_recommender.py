@@ -27,9 +27,10 @@ def test_scorer_is_tied_to_the_item_embeddings():
     assert model.item_vectors().shape == (10, 16)
 
 
+@pytest.mark.parametrize("filter_mix", [0.0, 0.7])
 @pytest.mark.parametrize("attention", ["bidirectional", "causal"])
-def test_save_and_load_give_identical_outputs(tmp_path, attention):
-    model = make_model(attention, residual_attention=True)
+def test_save_and_load_give_identical_outputs(tmp_path, attention, filter_mix):
+    model = make_model(attention, residual_attention=True, filter_mix=filter_mix)
     ids = torch.tensor([[0, 3, 4, 5, 6, 1]])
     before = model.scorer(model(ids).last_hidden_state[:, -1])
     model.save_pretrained(tmp_path / "m")
