@@ -27,7 +27,7 @@ from recbert.training.losses import LOSSES, SAMPLERS
 
 # Choices come from the registries of the modules that build them: a new fusion, reuse
 # block or loss is added there and appears here (validation, CLI, ablation grids).
-Objective = Literal["mlm", "next_item", "mlm_attributes"]
+Objective = Literal["mlm", "next_item", "mlm_attributes", "next_item_contrastive"]
 Attention = Literal["bidirectional", "causal"]
 FusionKind = Literal[tuple(FUSIONS)]
 ReuseBlock = Literal[tuple(REUSE_BLOCKS)]
@@ -174,6 +174,9 @@ class StageConfig:
     mask_prob: float = 0.2  # MLM: share of tokens masked
     last_item_mask_prob: float = 0.1  # MLM: share of sequences with only the last item masked
     attribute_weight: float = 1.0  # mlm_attributes: weight of the attribute losses beside the cloze loss
+    # next_item_contrastive: weight and temperature of the same-target InfoNCE (DuoRec's 0.1 and 1)
+    contrastive_weight: float = 0.1
+    contrastive_temperature: float = 1.0
     label_smoothing: float = 0.0  # full_softmax: the target is (1 - eps) one-hot + eps uniform over the catalogue
     layer_decay: float = 1.0  # layer-wise lr decay: layer i of n trains at lr * layer_decay ** (n - i), embeddings = 0
     patience: int = 10  # evaluations without improvement before stopping
@@ -204,6 +207,10 @@ class StageConfig:
             raise ConfigError(f"stage label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.label_smoothing and self.loss != "full_softmax":
             raise ConfigError(f"stage label_smoothing works with loss = 'full_softmax', not {self.loss!r}")
+        if self.contrastive_weight < 0:
+            raise ConfigError(f"stage contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if self.contrastive_temperature <= 0:
+            raise ConfigError(f"stage contrastive_temperature must be > 0, got {self.contrastive_temperature}")
         if self.attribute_weight < 0:
             raise ConfigError(f"stage attribute_weight must be >= 0, got {self.attribute_weight}")
         if not 0.0 <= self.warmup_ratio < 1.0:

@@ -2,7 +2,9 @@
 
 * ``mlm``: cloze (BERT4Rec), bidirectional attention; masked positions are the targets;
 * ``next_item``: causal (SASRec-style), a target at every position;
-* ``mlm_attributes``: cloze plus item-attribute prediction (:mod:`recbert.training.attributes`).
+* ``mlm_attributes``: cloze plus item-attribute prediction (:mod:`recbert.training.attributes`);
+* ``next_item_contrastive``: next-item plus DuoRec's same-target InfoNCE
+  (:mod:`recbert.training.contrastive`).
 
 Both read the training sequences as windows of at most ``max_len`` (+1 for next-item)
 events, batched by similar length in a seeded random order per epoch, from memory or
@@ -16,15 +18,18 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from recbert.config import DataConfig, ModelConfig, StageConfig
 from recbert.data.batches import mask_tokens, next_item_pairs
-from recbert.data.vocab import catalogue_size
+from recbert.data.sequences import Sequences
+from recbert.data.vocab import N_SPECIAL, catalogue_size
 from recbert.data.window_sources import TrainData, window_source
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, rank_seed
 from recbert.errors import ConfigError
 from recbert.training.attributes import attribute_losses, batch_items
+from recbert.training.contrastive import SameTargetPrefixes, info_nce
 from recbert.training.distributed import unwrap
 from recbert.training.loop import StepLoss
 from recbert.training.losses import LossContext, build_loss, gather_targets
@@ -137,8 +142,59 @@ class MaskedItemAttributeObjective(MaskedItemObjective):
                                                      **{k: v.detach() for k, v in parts.items()}})
 
 
+class NextItemContrastiveObjective(NextItemObjective):
+    """Next-item prediction plus ``stage.contrastive_weight`` x the InfoNCE between each
+    window's last-position output and that of a same-target prefix
+    (:mod:`recbert.training.contrastive`); the prefixes are read from sequences in memory."""
+
+    def __init__(self, name: str, train: TrainData, max_len: int, n_tokens: int, stage: StageConfig, seed: int = 0,
+                 data: DataConfig = DataConfig(), device: torch.device | str = "cpu",
+                 context: DistributedContext = DistributedContext(), hash_buckets: int = 0):
+        if not isinstance(train, Sequences):
+            raise ConfigError(f"{name}.objective = 'next_item_contrastive' draws same-target prefixes from "
+                              "sequences in memory: unset data.shards (streaming), or use objective = 'next_item'")
+        super().__init__(name, train, max_len, n_tokens, stage, seed, data, device, context, hash_buckets)
+        self.prefixes = SameTargetPrefixes(train, max_len)
+        self.positives = torch.Generator().manual_seed(rank_seed(seed + 2, context.rank))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "positives": self.positives.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.positives.set_state(state["positives"])
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(inputs, labels, keep, positives)``: ``keep`` marks the rows whose last target
+        is a real item, ``positives`` their same-target prefixes."""
+        for rows in self.rows(epoch):
+            inputs, labels = next_item_pairs(rows)
+            last = labels[:, -1]
+            keep = (last >= N_SPECIAL) & (last < N_SPECIAL + self.n_items)
+            drawn = self.prefixes.draw(last[keep].cpu().numpy(), self.positives)
+            yield inputs, labels, keep, torch.from_numpy(drawn).to(inputs.device)
+
+    def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, ...]) -> StepLoss:
+        inputs, labels, keep, positives = batch
+        if int(keep.sum()) < 2:  # no pair to contrast with another
+            return self.item_loss(model, inputs, labels)
+        # one forward pass over the windows and their prefixes (independent dropout masks per
+        # row), left-padded to one width: positions count from the last column
+        width = max(inputs.shape[1], positives.shape[1])
+        both = torch.cat([F.pad(inputs, (width - inputs.shape[1], 0)), F.pad(positives, (width - positives.shape[1], 0))])
+        states = model(both, causal=True).sequence_output
+        n = len(inputs)
+        hidden, targets = gather_targets(states[:n, width - inputs.shape[1]:], labels, self.n_items)
+        next_item = (self.loss_fn(hidden, targets, unwrap(model).scorer) if targets.numel()
+                     else states.sum() * 0.0)
+        cl = info_nce(states[:n][keep, -1], states[n:, -1], labels[keep, -1], self.stage.contrastive_temperature)
+        return StepLoss(next_item + self.stage.contrastive_weight * cl, n=n,
+                        parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
+
+
 OBJECTIVES: dict[str, type[WindowObjective]] = {"mlm": MaskedItemObjective, "next_item": NextItemObjective,
-                                                "mlm_attributes": MaskedItemAttributeObjective}
+                                                "mlm_attributes": MaskedItemAttributeObjective,
+                                                "next_item_contrastive": NextItemContrastiveObjective}
 
 
 def build_objective(name: str, stage: StageConfig, model: SequenceRecommender, train: TrainData, seed: int = 0,
