@@ -108,7 +108,7 @@ class ModelConfig:
     attention: Attention = "bidirectional"  # set by the last training stage
     residual_attention: bool = False  # RealFormer: add the previous layer's scores
     # BSARec's frequency branch beside the attention (model.frequency): each layer mixes
-    # filter_mix * (low-pass + beta^2 * high-pass) with (1 - filter_mix) * attention; 0 = off.
+    # filter_mix * (low-pass + beta^2 * high-pass) with (1 - filter_mix) * attention; 0 = off, < 1.
     # The low-pass is a moving average of filter_window positions (causal under causal attention).
     filter_mix: float = 0.0
     filter_window: int = 10
@@ -138,9 +138,9 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(self, name)}")
-        if not 0.0 <= self.filter_mix <= 1.0:
-            raise ConfigError(f"model.filter_mix (share of the frequency branch) must be in [0, 1], "
-                              f"got {self.filter_mix}")
+        if not 0.0 <= self.filter_mix < 1.0:  # at 1 the attention would be dead weight
+            raise ConfigError(f"model.filter_mix (share of the frequency branch beside the attention) must be "
+                              f"in [0, 1), got {self.filter_mix}")
         if self.fusion in POOL_KINDS and not 1 <= self.fusion_layers <= self.layers + 1:
             raise ConfigError(f"model.fusion_layers must be in [1, {self.layers + 1}] (layers + embeddings), "
                               f"got {self.fusion_layers}")
