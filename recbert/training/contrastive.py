@@ -8,8 +8,10 @@ predicts the window's last item. Each window has two views:
 
 * the window itself, from the next-item forward pass (under its dropout masks);
 * a *same-target* prefix (DuoRec's supervised positive): another training prefix, from any
-  user, that is followed by the same item, cut to ``max_len`` events and encoded in a
-  second forward pass under other dropout masks. It is drawn uniformly among every place
+  user, that is followed by the same item, cut to the batch's width (windows are batched by
+  similar length: the positive is no longer than the longest window beside it, which keeps
+  the extra rows as cheap as the batch's own) and encoded under other dropout masks in the
+  same forward pass. It is drawn uniformly among every place
   the item follows a prefix in the training sequences (:class:`SameTargetPrefixes`), the
   window's own place included: for an item that follows a prefix once, the second view is
   the window itself under other dropout masks, DuoRec's unsupervised (model-level)
@@ -17,8 +19,8 @@ predicts the window's last item. Each window has two views:
 
 The ``2B`` views of a batch are scored against each other by dot product over a
 temperature (:func:`info_nce`); each view's positive is its twin and its negatives the
-other views, except those of windows with the same target (false negatives, masked as
-DuoRec does). The step's loss is ``next-item loss + contrastive_weight * InfoNCE``.
+other views, except those of windows with the same target (false negatives: masked, as in
+supervised contrastive learning; DuoRec's default keeps them as negatives). The step's loss is ``next-item loss + contrastive_weight * InfoNCE``.
 """
 
 from __future__ import annotations
@@ -66,13 +68,14 @@ class SameTargetPrefixes:
         t = np.where(known, targets, 0)
         return np.where(known, self.first[t + 1] - self.first[t], 0)
 
-    def draw(self, targets: np.ndarray, generator: torch.Generator) -> np.ndarray:
-        """``[B, width]`` int64 left-padded rows: the prefix (at most ``max_len`` events)
-        before a uniformly drawn place of each target. Every target must have a place."""
+    def draw(self, targets: np.ndarray, generator: torch.Generator, width: int | None = None) -> np.ndarray:
+        """``[B, w]`` int64 left-padded rows: the prefix (at most ``width`` events, default
+        ``max_len``) before a uniformly drawn place of each target. Every target must have a
+        place."""
         counts = self.count(targets)
         if (counts == 0).any():
             raise ValueError(f"token {int(targets[counts == 0][0])} never follows a prefix in the training sequences")
         u = torch.rand(len(targets), generator=generator, dtype=torch.float64).numpy()
         ends = self.places[self.first[targets] + np.minimum(np.floor(u * counts).astype(np.int64), counts - 1)]
-        starts = np.maximum(self.start_of[ends], ends - self.max_len)
+        starts = np.maximum(self.start_of[ends], ends - min(self.max_len, width or self.max_len))
         return left_pad(self.items, starts, ends, int((ends - starts).max(initial=1)))

@@ -171,7 +171,7 @@ class NextItemContrastiveObjective(NextItemObjective):
             inputs, labels = next_item_pairs(rows)
             last = labels[:, -1]
             keep = (last >= N_SPECIAL) & (last < N_SPECIAL + self.n_items)
-            drawn = self.prefixes.draw(last[keep].cpu().numpy(), self.positives)
+            drawn = self.prefixes.draw(last[keep].cpu().numpy(), self.positives, width=inputs.shape[1])
             yield inputs, labels, keep, torch.from_numpy(drawn).to(inputs.device)
 
     def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, ...]) -> StepLoss:

@@ -68,6 +68,8 @@ def test_prefixes_are_followed_by_the_target_and_drawn_uniformly():
     counts = [sum(tuple(int(x) for x in row if x != PAD) == p for row in drawn) for p in [(5, 6), (9,), (11, 12, 13)]]
     assert all(900 < c < 1100 for c in counts), counts
     assert (drawn[:, -1] != PAD).all()  # left-padded
+    short = prefixes.draw(np.full(50, 7), g, width=1)
+    assert short.shape == (50, 1) and set(short[:, 0].tolist()) == {6, 9, 13}  # the newest event before
     with pytest.raises(ValueError, match="token 9 never follows a prefix"):
         prefixes.draw(np.array([7, 9]), g)
 
@@ -117,6 +119,7 @@ def test_batches_carry_same_target_prefixes_and_the_draws_resume():
     prefixes = SameTargetPrefixes(seqs, 6)
     for inputs, labels, keep, positives in obj.batches(1):
         assert keep.all()
+        assert positives.shape[1] <= inputs.shape[1]
         for target, row in zip(labels[:, -1].tolist(), positives.tolist()):
             prefix = [x for x in row if x != PAD]
             places = prefixes.places[prefixes.first[target]:prefixes.first[target + 1]]
