@@ -112,6 +112,9 @@ class ModelConfig:
     # The low-pass is a moving average of filter_window positions (causal under causal attention).
     filter_mix: float = 0.0
     filter_window: int = 10
+    # true: the causal low-pass under bidirectional attention too (MLM pretraining then learns
+    # the branch as next-item fine-tuning uses it); false: a centred window there
+    filter_causal: bool = False
     output_transform: bool = True  # dense + GELU + LayerNorm before the tied output
     # Layer fusion of all hidden states (embedding output = layer 0) into the sequence output:
     # 'last' (the last layer only), 'learned' (softmax-weighted sum + dense), or the

@@ -86,12 +86,14 @@ class EncoderLayer(nn.Module):
         # alpha * frequency branch + (1 - alpha) * attention branch (BSARec); off at 0
         self.mix = config.filter_mix
         self.filter = FrequencyRescale(config.hidden, config.filter_window, config.dropout) if self.mix else None
+        self.filter_causal = config.filter_causal
 
     def forward(self, x: Tensor, mask: Tensor, prev_scores: Optional[Tensor] = None,
                 keep_scores: bool = False, real: Optional[Tensor] = None,
                 causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
         """``real`` ``[B, L]`` (True = not PAD) and ``causal`` are read by the frequency
         branch only."""
+        causal = causal or self.filter_causal  # only the frequency branch reads it below
         if self.pre_norm:
             n = self.norm1(x)
             a, scores = self.attention(n, mask, prev_scores, keep_scores)

@@ -13,8 +13,9 @@ BSARec takes ``low`` as the lowest Fourier frequencies of the whole sequence. Th
 position ``t`` see later positions, which under next-item training (a target at every
 position) would leak the targets. Here ``low`` is a moving average over the last
 ``window`` real tokens (itself included) when the attention is causal, and over the
-``window`` tokens centred on ``t`` when it is bidirectional; PAD positions are neither
-averaged in nor counted. A box of ``w`` positions passes periods longer than about ``w``
+``window`` tokens centred on ``t`` when it is bidirectional (unless ``model.filter_causal``,
+which keeps the causal window there too, as next-item fine-tuning will use it); PAD
+positions are neither averaged in nor counted. A box of ``w`` positions passes periods longer than about ``w``
 positions and has its first zero at period ``w``: BSARec's Beauty setting (``c = 5``, of
 which it keeps the ``c // 2 + 1 = 3`` lowest frequencies of a 50-long sequence: periods of
 25 positions and more, the next one, 16.7, cut) is about a box of 10, the default.

@@ -87,3 +87,19 @@ def test_filter_mix_changes_the_function_and_zero_builds_no_branch():
 def test_bad_filter_settings_are_refused(bad):
     with pytest.raises(ConfigError, match="filter_"):
         ModelConfig(**bad)
+
+
+@pytest.mark.parametrize("filter_causal", [False, True])
+def test_filter_causal_keeps_the_causal_window_under_bidirectional_attention(monkeypatch, filter_causal):
+    import recbert.model.frequency as frequency
+
+    seen = []
+    original = frequency.moving_average
+    monkeypatch.setattr(frequency, "moving_average", lambda *a: seen.append(a[3]) or original(*a))
+    cfg = ModelConfig(hidden=8, layers=2, heads=2, intermediate=16, max_len=6, n_tokens=20, filter_mix=0.5,
+                      filter_causal=filter_causal)
+    emb, enc = SequenceEmbeddings(cfg), Encoder(cfg)
+    ids = torch.tensor([[0, 4, 5, 6, 7, 8]])
+    enc(emb(ids), ids, False)
+    enc(emb(ids), ids, True)
+    assert seen == [filter_causal] * 2 + [True] * 2
