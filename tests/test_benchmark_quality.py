@@ -48,3 +48,12 @@ def test_quality_benchmark_runs_the_recipe_on_any_s3rec_file_and_compares_pretra
     assert len(diff_rows) == 1 and " ± " in diff_rows[0]
     # the next-item-only variant got the pretrained variant's whole budget (1 + 1 minutes)
     assert out.count("next-item only, seed") == 2
+
+
+def test_compare_pretraining_refuses_a_config_without_pretraining(tmp_path):
+    data = write_s3rec(tmp_path, n_users=10)
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--data", str(data), "--compare-pretraining",
+           "--work", str(tmp_path / "work"), "--set", "pretrain.epochs=0", "--set", "tracking.enabled=false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "RECBERT_ALLOCATOR": "system"})
+    assert done.returncode != 0 and "pretrain.epochs = 0: add e.g. --set pretrain.epochs=40" in done.stderr
