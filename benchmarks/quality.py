@@ -5,7 +5,7 @@ time and peak RSS.
     .venv/bin/python benchmarks/quality.py --data FILE [--attributes JSON] [--seeds 0,1,2] [--set key=value ...]
     .venv/bin/python benchmarks/quality.py beauty      [--seeds 0,1,2] [--set key=value ...]
     .venv/bin/python benchmarks/quality.py ml-100k     [--set key=value ...]
-    .venv/bin/python benchmarks/quality.py beauty --compare-pretraining --seeds 0,1,2
+    .venv/bin/python benchmarks/quality.py beauty --compare-pretraining --seeds 0,1,2 --set pretrain.epochs=40
 
 ``--compare-pretraining`` trains each seed twice: as configured (with its pretraining stage)
 and with ``pretrain.epochs = 0`` and ``train.max_minutes`` = the first variant's whole
