@@ -125,10 +125,11 @@ def main() -> None:
     base = [*run_overrides(data_dir), *args.overrides]
     variants = {"as configured": []}
     if args.compare_pretraining:
-        if not RunConfig.load(config_path, base).pretrain.epochs:
+        configured = RunConfig.load(config_path, base)
+        if not configured.pretrain.epochs:
             raise SystemExit("--compare-pretraining compares a pretraining stage with none, but this config has "
                              "pretrain.epochs = 0: add e.g. --set pretrain.epochs=40")
-        budget = budget_minutes(RunConfig.load(config_path, base))
+        budget = budget_minutes(configured)
         variants = {"pretrained": [], "next-item only": ["pretrain.epochs=0", f"train.max_minutes={budget}"]}
     runs: dict[str, list] = {v: [] for v in variants}
     walls: dict[str, list[float]] = {v: [] for v in variants}

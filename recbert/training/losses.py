@@ -215,10 +215,14 @@ def build_loss(ctx: LossContext) -> ItemLoss:
     return LOSSES[ctx.stage.loss](ctx)
 
 
+def real_targets(labels: Tensor, n_items: int) -> Tensor:
+    """Where ``labels`` is one of the ``n_items`` real items: not PAD, nor UNK or a hash bucket."""
+    return (labels >= N_SPECIAL) & (labels < N_SPECIAL + n_items)
+
+
 def gather_targets(hidden_states: Tensor, labels: Tensor, n_items: int) -> tuple[Tensor, Tensor]:
-    """Hidden vectors and labels at positions whose label is one of the ``n_items`` real
-    items: not PAD, nor UNK or a hash bucket."""
-    where = (labels >= N_SPECIAL) & (labels < N_SPECIAL + n_items)
+    """Hidden vectors and labels at positions whose label is one of the ``n_items`` real items."""
+    where = real_targets(labels, n_items)
     return hidden_states[where], labels[where]
 
 

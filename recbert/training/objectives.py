@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from recbert.config import DataConfig, ModelConfig, StageConfig
 from recbert.data.batches import mask_tokens, next_item_pairs
 from recbert.data.sequences import Sequences
-from recbert.data.vocab import N_SPECIAL, catalogue_size
+from recbert.data.vocab import catalogue_size
 from recbert.data.window_sources import TrainData, window_source
 from recbert.model.recommender import SequenceRecommender
 from recbert.runtime import DistributedContext, rank_seed
@@ -32,7 +32,7 @@ from recbert.training.attributes import attribute_losses, batch_items
 from recbert.training.contrastive import SameTargetPrefixes, info_nce
 from recbert.training.distributed import unwrap
 from recbert.training.loop import StepLoss
-from recbert.training.losses import LossContext, build_loss, gather_targets
+from recbert.training.losses import LossContext, build_loss, gather_targets, real_targets
 
 
 class WindowObjective:
@@ -83,10 +83,14 @@ class WindowObjective:
             yield rows.to(self.device)
 
     def item_loss(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor) -> StepLoss:
-        out = model(inputs, causal=self.causal)
-        hidden, targets = gather_targets(out.sequence_output, labels, self.n_items)
+        return self.loss_of_outputs(model, inputs, labels, model(inputs, causal=self.causal).sequence_output)
+
+    def loss_of_outputs(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor,
+                        outputs: torch.Tensor) -> StepLoss:
+        """The loss of the batch's sequence outputs ``outputs`` at its target positions."""
+        hidden, targets = gather_targets(outputs, labels, self.n_items)
         if targets.numel() == 0:  # every target is UNK or a hash bucket
-            return StepLoss(out.sequence_output.sum() * 0.0, n=len(inputs))
+            return StepLoss(outputs.sum() * 0.0, n=len(inputs))
         return self.target_loss(model, inputs, labels, hidden, targets)
 
     def target_loss(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor,
@@ -170,7 +174,7 @@ class NextItemContrastiveObjective(NextItemObjective):
         for rows in self.rows(epoch):
             inputs, labels = next_item_pairs(rows)
             last = labels[:, -1]
-            keep = (last >= N_SPECIAL) & (last < N_SPECIAL + self.n_items)
+            keep = real_targets(last, self.n_items)
             drawn = self.prefixes.draw(last[keep].cpu().numpy(), self.positives, width=inputs.shape[1])
             yield inputs, labels, keep, torch.from_numpy(drawn).to(inputs.device)
 
@@ -179,14 +183,11 @@ class NextItemContrastiveObjective(NextItemObjective):
         if int(keep.sum()) < 2:  # no pair to contrast with another
             return self.item_loss(model, inputs, labels)
         # one forward pass over the windows and their prefixes (independent dropout masks per
-        # row), left-padded to one width: positions count from the last column
-        width = max(inputs.shape[1], positives.shape[1])
-        both = torch.cat([F.pad(inputs, (width - inputs.shape[1], 0)), F.pad(positives, (width - positives.shape[1], 0))])
+        # row); the prefixes are at most as wide as the windows, and left-padded to their width
+        n, width = inputs.shape
+        both = torch.cat([inputs, F.pad(positives, (width - positives.shape[1], 0))])
         states = model(both, causal=True).sequence_output
-        n = len(inputs)
-        hidden, targets = gather_targets(states[:n, width - inputs.shape[1]:], labels, self.n_items)
-        next_item = (self.loss_fn(hidden, targets, unwrap(model).scorer) if targets.numel()
-                     else states.sum() * 0.0)
+        next_item = self.loss_of_outputs(model, inputs, labels, states[:n]).total
         cl = info_nce(states[:n][keep, -1], states[n:, -1], labels[keep, -1], self.stage.contrastive_temperature)
         return StepLoss(next_item + self.stage.contrastive_weight * cl, n=n,
                         parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
