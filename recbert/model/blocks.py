@@ -5,6 +5,14 @@ Padding never reaches real positions: padded inputs are zeroed before f, RNNs ru
 the real tokens only, the transformer gets a key padding mask, and the residual branch is
 zeroed at padded positions (there the block returns x unchanged). Zero-initialising ``proj``
 makes the block exactly the identity.
+
+``causal=True`` (next-item training and serving, as the encoder's attention) restricts f to
+each position's past, with the *same* parameters, so that an MLM-pretrained block carries
+over to next-item fine-tuning: the RNNs keep their forward direction only (the backward
+half of ``proj``'s input is zero; it is still computed, a small cost after the encoder), the
+convolution drops its future taps (a kernel of 3 reads t-1 and t; tap weights keep their
+offsets), and the transformer layer gets a causal mask. Bidirectional, every kind reads the
+whole sequence, which next-item training would leak the targets through.
 """
 
 from __future__ import annotations
@@ -94,27 +102,53 @@ class ResidualReuseBlock(nn.Module):
         self.proj = nn.Linear(f_out, hidden)
         self.dropout = nn.Dropout(dropout)
 
-    def _features(self, x: Tensor, mask: Tensor) -> Tensor:
-        """f(x) [B, L, f_out]; real positions depend on real inputs only."""
+    def _features(self, x: Tensor, mask: Tensor, causal: bool) -> Tensor:
+        """f(x) [B, L, f_out]; real positions depend on real inputs only (and, when
+        ``causal``, on those at or before them)."""
         if self.kind in ("lstm", "gru"):
-            return run_rnn_packed(self.f, x, mask)
+            out = run_rnn_packed(self.f, x, mask)
+            if causal:  # forward direction only: [fwd | bwd] -> [fwd | 0]
+                out = out * (torch.arange(out.size(-1), device=out.device) < out.size(-1) // 2)
+            return out
         x = x.masked_fill(~mask[..., None], 0.0)
         if self.kind == "cnn":
-            return F.gelu(self.f(x.transpose(1, 2)).transpose(1, 2))
+            weight = self.f.weight * past_taps(self.f.kernel_size[0], self.f.weight.device) if causal else self.f.weight
+            return F.gelu(F.conv1d(x.transpose(1, 2), weight, self.f.bias, padding="same").transpose(1, 2))
+        if causal:
+            return self.f(x, src_mask=causal_block_mask(mask, self.f.self_attn.num_heads))
         # An all-pad row would softmax over nothing (NaN): let it attend to its zeros.
         key_pad = ~mask & mask.any(dim=1, keepdim=True)
         return self.f(x, src_key_padding_mask=key_pad)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         mask = _real_mask(x, mask)
-        delta = self.dropout(self.proj(self._features(x, mask)))
+        delta = self.dropout(self.proj(self._features(x, mask, causal)))
         return x + delta.masked_fill(~mask[..., None], 0.0)
 
 
-class IdentityBlock(nn.Module):
-    """No reuse block: returns x; accepts (x, mask) like ResidualReuseBlock."""
+def past_taps(kernel_size: int, device: torch.device | None = None) -> Tensor:
+    """``[kernel_size]`` 1.0 for the taps of a ``padding='same'`` convolution that read the
+    current or an earlier position, 0.0 for those reading later ones (PyTorch pads ``same``
+    with ``(k - 1) // 2`` on the left, so tap ``j`` reads offset ``j - (k - 1) // 2``)."""
+    return (torch.arange(kernel_size, device=device) <= (kernel_size - 1) // 2).float()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+
+def causal_block_mask(mask: Tensor, heads: int) -> Tensor:
+    """``[B * heads, L, L]`` bool attention mask (True = may NOT attend) for a causal layer
+    over rows with padding ``mask`` [B, L]: a position sees the real positions at or before
+    it, and itself (so that a padded position, or an all-pad row, never softmaxes over
+    nothing; its output is discarded)."""
+    length = mask.size(1)
+    pos = torch.arange(length, device=mask.device)
+    allowed = (pos[None, :, None] >= pos[None, None, :]) & mask[:, None, :]
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=mask.device)
+    return ~allowed.repeat_interleave(heads, dim=0)
+
+
+class IdentityBlock(nn.Module):
+    """No reuse block: returns x; accepts (x, mask, causal) like ResidualReuseBlock."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         return x
 
 

@@ -164,10 +164,12 @@ class SequenceRecommender(nn.Module):
 
     def forward(self, input_ids: Tensor, causal: Optional[bool] = None) -> EncoderOutput:
         """All hidden states, plus ``sequence_output``: the fused states passed
-        through the reuse block, which the scorer and heads read."""
+        through the reuse block (causal when the attention is), which the scorer and heads
+        read."""
         causal = self.causal if causal is None else causal
         out = self.encoder(self.embeddings(input_ids), input_ids, causal)
-        out.sequence_output = self.reuse(self.fusion(out.hidden_states, out.padding_mask), out.padding_mask)
+        out.sequence_output = self.reuse(self.fusion(out.hidden_states, out.padding_mask), out.padding_mask,
+                                         causal=causal)
         return out
 
     # -- inference ---------------------------------------------------------------------

@@ -52,10 +52,6 @@ def train_stage(
     weights (a refit, :mod:`recbert.training.refit`). ``checkpointing`` / ``resume``: as in
     :func:`~recbert.training.loop.fit`."""
     causal = OBJECTIVES[stage.objective].causal
-    if causal and model.config.reuse_block != "none":
-        raise ConfigError(
-            f"model.reuse_block={model.config.reuse_block!r} reads the whole sequence, which would leak future "
-            "items into next-item training; use it with the mlm objective, or set model.reuse_block=none")
     if stage.lazy_item_updates and context.distributed:
         raise ConfigError(f"{name}.lazy_item_updates (sparse item gradients) does not work with distributed "
                           f"training yet ({context.world_size} processes); set {name}.lazy_item_updates=false "

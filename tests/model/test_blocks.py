@@ -117,3 +117,63 @@ def test_build_reuse_block() -> None:
         build_reuse_block("bogus", H, 0.1)
     with pytest.raises(ValueError, match="heads=3"):
         build_reuse_block("transformer", H, 0.1, heads=3)
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+def test_causal_block_reads_no_later_position(kind: str) -> None:
+    block = make(kind)
+    x, mask = pad(rows())  # left-padded; row 0 has 6 real tokens
+    later = x.clone()
+    later[:, 3:] += torch.randn_like(later[:, 3:]) * 5
+    with torch.no_grad():
+        out, out_later = block(x, mask, causal=True), block(later, mask, causal=True)
+        both, both_later = block(x, mask), block(later, mask)
+    torch.testing.assert_close(out_later[:, :3], out[:, :3], rtol=1e-5, atol=1e-5)
+    # bidirectional, the same block reads them (what next-item training must not see)
+    assert (both_later[0, :3] - both[0, :3]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+@pytest.mark.parametrize("left", [True, False])
+def test_causal_block_isolates_padding_and_matches_unpadded_rows(kind: str, left: bool) -> None:
+    block = make(kind)
+    seqs = rows()
+    x, mask = pad(seqs, left=left, value=3.0)
+    with torch.no_grad():
+        out = block(x, mask, causal=True)
+        out_adv = block(adversarial(x, mask), mask, causal=True)
+        for b, s in enumerate(seqs):
+            torch.testing.assert_close(out[b][mask[b]], block(s[None], causal=True)[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_adv[mask], out[mask], rtol=1e-5, atol=1e-5)
+    mask[1] = False  # an all-pad row stays finite and unchanged
+    assert torch.isfinite(block(x, mask, causal=True)).all()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_causal_rnn_is_the_forward_direction_of_the_same_weights(kind: str) -> None:
+    block = make(kind)
+    s = rows()[0]
+    with torch.no_grad():
+        features, _ = block.f(s[None])
+        forward_only = torch.cat([features[0, :, :H], torch.zeros(len(s), H)], dim=1)
+        torch.testing.assert_close(block(s[None], causal=True)[0], s + block.proj(forward_only),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_causal_cnn_keeps_each_tap_at_its_offset() -> None:
+    block = make("cnn")
+    s = rows()[0]
+    with torch.no_grad():
+        block.f.weight[:, :, 2] = 0.0  # the future tap of a kernel of 3 removed by hand
+        torch.testing.assert_close(block(s[None], causal=True), block(s[None]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", REUSE_KINDS)
+def test_causal_gradients_flow(kind: str) -> None:
+    block = make(kind).train()
+    x, mask = pad(rows())
+    out = block(x, mask, causal=True)
+    (out * torch.randn_like(out)).sum().backward()
+    for name, p in block.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert block.proj.weight.grad.abs().sum() > 0

@@ -170,16 +170,25 @@ def test_default_model_reads_the_last_layer_and_has_no_extra_parameters():
     assert not list(model.fusion.parameters()) and not list(model.reuse.parameters())
 
 
-def test_bidirectional_reuse_block_is_refused_for_next_item_training():
+@pytest.mark.parametrize("reuse", ["lstm", "gru", "cnn", "transformer"])
+def test_a_reuse_block_trains_next_item_without_seeing_later_items(reuse):
     from recbert.config import EvalConfig, StageConfig
     from recbert.data.sequences import Sequences, EvalSet, Splits
     from recbert.training.trainer import train_stage
 
-    model = make_model("bidirectional", reuse_block="lstm")
-    seqs = Sequences(np.array([1]), np.array([3, 4, 5]), np.array([0, 3]))
-    splits = Splits(seqs, EvalSet(seqs, np.array([6])), EvalSet(seqs, np.array([7])))
-    with pytest.raises(ConfigError, match="leak future"):
-        train_stage(model, splits, StageConfig(objective="next_item", epochs=1), EvalConfig())
+    model = make_model("bidirectional", reuse_block=reuse, fusion="learned")  # e.g. MLM-pretrained
+    seqs = Sequences(np.array([1, 2]), np.array([3, 4, 5, 6, 5, 4, 3]), np.array([0, 4, 7]))
+    splits = Splits(seqs, EvalSet(seqs, np.array([7, 6])), EvalSet(seqs, np.array([8, 7])))
+    train_stage(model, splits, StageConfig(objective="next_item", epochs=1, batch_size=2), EvalConfig())
+    assert model.causal
+    model.eval()
+    ids = torch.tensor([[0, 3, 4, 5, 6, 7]])
+    later = torch.tensor([[0, 3, 4, 9, 8, 2]])
+    with torch.no_grad():
+        out, out_later = model(ids).sequence_output, model(later).sequence_output
+        both, both_later = model(ids, causal=False).sequence_output, model(later, causal=False).sequence_output
+    torch.testing.assert_close(out_later[:, :3], out[:, :3])
+    assert (both_later[:, :3] - both[:, :3]).abs().max() > 1e-4  # bidirectional reads them
 
 
 def test_fusion_layers_out_of_range_is_a_config_error():
