@@ -166,14 +166,29 @@ def _hnsw_quantizer(d: int, metric: int) -> Any:
 
 
 # IVF coarse quantizers: the index that assigns a vector / query to its nearest cells.
-# ``flat`` compares with every centroid (exact, cost grows with nlist); ``hnsw`` searches
-# the centroids through an HNSW32 graph (faiss ``IVFx_HNSW32``): far cheaper assignment when
-# nlist is large (10M vectors -> ~12k cells), at a small recall cost.
+# ``flat`` compares with every centroid (exact; for a batch of queries one matrix product,
+# cost ~nlist per query); ``hnsw`` searches the centroids through an HNSW32 graph (faiss
+# ``IVFx_HNSW32``): cost ~log nlist per query, but graph walks are slow per distance and
+# need a beam of 2 * nprobe (:func:`quantizer_ef_search`), at a small recall cost.
 COARSE_QUANTIZERS: dict[str, Callable[[int, int], Any]] = {
     "flat": _flat_quantizer,
     "hnsw": _hnsw_quantizer,
 }
 QUANTIZERS: tuple[str, ...] = tuple(COARSE_QUANTIZERS)
+
+# Up to this many cells the exact quantizer is the faster one. Measured at 1M x 64, 4,000
+# cells, nprobe 112, batches of 10,000 queries: assigning queries through the HNSW graph ran
+# at ~7,400 QPS, the exact quantizer's matrix product at ~35,000-40,000 QPS with higher
+# recall (exact cells); IVF-Flat with the HNSW quantizer was the slower index (BENCHMARKS.md,
+# issue #11). The product grows ~nlist, the graph ~log nlist: the graph pays only for far
+# more cells than ``4 * sqrt(n)`` gives below ~60M vectors.
+FLAT_QUANTIZER_MAX_CELLS = 32_768
+
+
+def coarse_quantizer_for(nlist: int) -> str:
+    """The coarse quantizer ``--kind auto`` gives ``nlist`` cells: exact up to
+    :data:`FLAT_QUANTIZER_MAX_CELLS`, the HNSW graph beyond."""
+    return "flat" if nlist <= FLAT_QUANTIZER_MAX_CELLS else "hnsw"
 
 
 def quantizer_ef_search(nprobe: int) -> int:
@@ -258,14 +273,15 @@ def _describe_ivf_pq_fs(cfg: IndexConfig) -> str:
 
 
 def _ivf_candidates(cfg: IndexConfig, n: int, d: int) -> tuple[dict[str, Any], ...]:
-    """IVF-Flat for auto: the HNSW quantizer once there are enough cells for it to pay; for
-    inner product also on the MIPS-to-NN reduction, whose L2 cells suit it better (at 1M x 64:
-    recall@10 0.969 at nprobe 128 of 4,000 cells, vs 0.88 for inner-product cells)."""
-    quantizer = "hnsw" if n >= 200_000 else "flat"
+    """IVF-Flat for auto: the exact coarse quantizer unless there are enough cells for the
+    HNSW one to pay (:func:`coarse_quantizer_for`); for inner product also on the MIPS-to-NN
+    reduction, whose L2 cells suit it better (at 1M x 64: recall@10 0.969 at nprobe 128 of
+    4,000 cells, vs 0.88 for inner-product cells)."""
     # enough training vectors for the automatic 4 * sqrt(n) cells (50 each): the default
     # sample would cap nlist at train_sample / 39 (2,564 at 1M, where 4,000 cells measured
     # 8.9x exact against 5.4x)
     train = {"train_sample": min(n, max(cfg.train_sample, 50 * round(4 * math.sqrt(n))))}
+    quantizer = coarse_quantizer_for(cfg.replace(**train).resolved_nlist(n))
     both = ({"quantizer": quantizer, **train}, {"quantizer": quantizer, "ip_to_l2": True, **train})
     return both if cfg.metric == "ip" else both[:1]
 
@@ -276,7 +292,7 @@ def _ivf_pq_fs_candidates(cfg: IndexConfig, n: int, d: int) -> tuple[dict[str, A
     1M x 64 whatever nprobe (BENCHMARKS.md)."""
     if cfg.metric == "ip":
         return ()
-    return ({"quantizer": "hnsw" if n >= 200_000 else "flat", "rerank": 10},)
+    return ({"quantizer": coarse_quantizer_for(cfg.resolved_nlist(n)), "rerank": 10},)
 
 
 def _nlist(cfg: IndexConfig) -> int:

@@ -15,7 +15,7 @@ from recbert.cli import main
 from recbert.index import IndexConfig, IndexConfigError, IndexInputError, VectorIndex, recall_at_k
 from recbert.index import device as index_device
 from recbert.index.auto import AutoSettings, build_auto, exact_neighbours
-from recbert.index.spec import INDEX_KINDS
+from recbert.index.spec import FLAT_QUANTIZER_MAX_CELLS, INDEX_KINDS, coarse_quantizer_for
 
 DIM = 16
 
@@ -196,5 +196,23 @@ def test_ivf_candidates_train_enough_vectors_for_their_cells():
     big = ivf(IndexConfig(kind="ivf_flat"), 1_000_000, 64)
     assert [c["train_sample"] for c in big] == [200_000, 200_000] and big[1]["ip_to_l2"]
     assert IndexConfig(kind="ivf_flat", **big[0]).resolved_nlist(1_000_000) == 4000
+    # 4,000 cells: the exact quantizer (faster than the HNSW graph there, and exact cells)
+    assert [c["quantizer"] for c in big] == ["flat", "flat"]
     small = ivf(IndexConfig(kind="ivf_flat", metric="cosine"), 5_000, 16)
     assert small == ({"quantizer": "flat", "train_sample": 5_000},)
+
+
+def test_the_coarse_quantizer_is_exact_until_the_graph_pays():
+    assert coarse_quantizer_for(4_000) == "flat"
+    assert coarse_quantizer_for(FLAT_QUANTIZER_MAX_CELLS) == "flat"
+    assert coarse_quantizer_for(FLAT_QUANTIZER_MAX_CELLS + 1) == "hnsw"
+    # auto's candidates follow the cells 4 * sqrt(n) gives: exact at 10M (12,649 cells),
+    # the graph only when the cells outgrow the limit
+    ivf, fs = INDEX_KINDS["ivf_flat"].candidates, INDEX_KINDS["ivf_pq_fs"].candidates
+    assert {c["quantizer"] for c in ivf(IndexConfig(kind="ivf_flat"), 10_000_000, 64)} == {"flat"}
+    huge = ivf(IndexConfig(kind="ivf_flat"), 100_000_000, 64)
+    assert IndexConfig(kind="ivf_flat", **huge[0]).resolved_nlist(100_000_000) == 40_000
+    assert {c["quantizer"] for c in huge} == {"hnsw"}
+    many = IndexConfig(kind="ivf_pq_fs", metric="l2", nlist=40_000, train_sample=2_000_000)
+    assert fs(many, 100_000_000, 64)[0]["quantizer"] == "hnsw"
+    assert fs(IndexConfig(kind="ivf_pq_fs", metric="l2"), 10_000_000, 64)[0]["quantizer"] == "flat"
