@@ -47,7 +47,7 @@ import faiss
 from recbert.config import build_section, parse_overrides
 from recbert.errors import RecbertError
 from recbert.evaluation.report import pareto_front
-from recbert.evaluation.timing import IdleGuard
+from recbert.evaluation.timing import IdleGuard, median_rate, tiled
 from recbert.index import (
     INDEX_KINDS,
     IndexConfig,
@@ -55,7 +55,8 @@ from recbert.index import (
     read_embeddings_parquet,
     recall_at_k,
 )
-from recbert.index.auto import batch_qps
+from recbert.index.auto import TIMING_BATCH, batch_qps
+from recbert.index.spec import quantizer_ef_search
 
 # The 1M x 64 grid (BENCHMARKS.md, issue #11): exact search; the earlier default HNSW;
 # IVF-Flat on the MIPS-to-NN reduction with the exact coarse quantizer over ~4,000 and 8,000
@@ -197,6 +198,23 @@ def batch_search(
     return ids, batch_qps(index, q, k, repeats, **override)
 
 
+def assignment_qps(index: VectorIndex, q: np.ndarray, nprobe: int, repeats: int) -> float | None:
+    """Batch QPS of an IVF index's coarse quantizer alone (finding each query's ``nprobe``
+    cells, as a search does before it scans them); ``None`` for other kinds."""
+    if not INDEX_KINDS[index.kind].ivf:
+        return None
+    ivf = faiss.extract_index_ivf(index.faiss_index)
+    batch = np.ascontiguousarray(tiled(q, TIMING_BATCH)[:TIMING_BATCH], dtype=np.float32)
+    if index.config.ip_to_l2:
+        batch = np.hstack([batch, np.zeros((len(batch), 1), dtype=np.float32)])
+    params = (faiss.SearchParametersHNSW(efSearch=quantizer_ef_search(nprobe))
+              if index.config.quantizer == "hnsw" else None)
+    nprobe = min(nprobe, ivf.nlist)
+    ivf.quantizer.search(batch[:64], nprobe, params=params)
+    qps, _, _ = median_rate(lambda: ivf.quantizer.search(batch, nprobe, params=params), len(batch), repeats)
+    return qps
+
+
 def single_query_qps(index: VectorIndex, q: np.ndarray, k: int, limit: int, **override) -> float:
     index.search(q[:1], k, **override)  # warm-up
     done, started = 0, time.perf_counter()
@@ -268,7 +286,7 @@ def main(argv: list[str] | None = None) -> None:
             "label": "flat exact", "params": "exact", "build_s": exact_build,
             "bytes": index_bytes(exact_index), "rss": peak_rss_mib(),
             "qps1": single_query_qps(exact_index, q, k, args.single_queries),
-            "qps": exact_qps, "recall": 1.0,
+            "qps": exact_qps, "recall": 1.0, "assign": None,
         })
     del exact_index
 
@@ -302,23 +320,26 @@ def main(argv: list[str] | None = None) -> None:
             "build_s": build_s, "bytes": index_bytes(index), "rss": peak_rss_mib(),
             "qps1": single_query_qps(index, q, k, args.single_queries, **{name: value}),
             "qps": qps, "recall": recall,
+            "assign": assignment_qps(index, q, value, args.repeats) if name == "nprobe" else None,
         })
         del index
 
     guard.refuse = False  # a busy interval labels the figures below; it does not discard them
     load = guard.stop()
     print(f"\nn={len(x):,} dim={x.shape[1]} queries={len(q):,} k={k}; QPS = median of {args.repeats}; "
-          f"peak RSS is the process high-water mark so far (cumulative)")
+          f"peak RSS is the process high-water mark so far (cumulative); assign QPS: the IVF coarse "
+          f"quantizer alone at that nprobe, {TIMING_BATCH:,} queries a batch")
     print(f"machine: {load.line()}")
     header = (f"| {'kind':<9} | {'params':<62} | {'build s':>7} | {'index MiB':>9} | "
               f"{'peak RSS MiB':>12} | {'1-query QPS':>11} | {'batch QPS':>9} | "
-              f"{'recall@' + str(k):>9} | {'vs exact':>8} |")
+              f"{'recall@' + str(k):>9} | {'vs exact':>8} | {'assign QPS':>10} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
         print(f"| {r['label'].split()[0]:<9} | {r['params']:<62} | {r['build_s']:7.1f} | "
               f"{r['bytes'] / 2**20:9.1f} | {r['rss']:12.0f} | {r['qps1']:11.0f} | "
-              f"{r['qps']:9.0f} | {r['recall']:9.4f} | {r['qps'] / exact_qps:7.1f}x |")
+              f"{r['qps']:9.0f} | {r['recall']:9.4f} | {r['qps'] / exact_qps:7.1f}x | "
+              + (f"{r['assign']:10.0f} |" if r["assign"] is not None else f"{'-':>10} |"))
     front = pareto_front(points)
     print(f"\nrecall/QPS Pareto front of the sweeps ({sq:,} queries; exact {exact_sweep_qps:,.0f} QPS):")
     print("| index | search | recall@%d | batch QPS | vs exact |" % k)

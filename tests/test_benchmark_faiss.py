@@ -31,6 +31,10 @@ def test_the_benchmark_prints_the_grid_the_front_and_the_auto_choice(bench, caps
     assert "median of 2 runs per QPS" in out and "load average at start 0.00" in out
     assert "| flat      | exact" in out and "| hnsw      | M=16, efC=100, ef_search=" in out
     assert "| ivf_pq_fs | nlist=" in out and "PQ8x4fs, re-rank 10k" in out
+    # the IVF row times its coarse quantizer alone; other kinds have none
+    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in out.splitlines()
+            if line.startswith("| ") and line.count("|") == 11}
+    assert rows["hnsw"] == rows["flat"] == "-" and float(rows["ivf_pq_fs"]) > 0
     assert "Pareto front of the sweeps" in out and "machine: load average 0.00 before" in out
     assert "--kind auto:" in out and "auto: chose" in out
     assert (tmp_path / "curve.png").stat().st_size > 0
