@@ -386,7 +386,8 @@ class IndexConfig:
         39 training vectors (faiss' own lower bound) and at most ``n``.
     nprobe: IVF cells visited per query (clipped to ``nlist``).
     quantizer: IVF kinds' coarse quantizer, a name in :data:`COARSE_QUANTIZERS`: ``flat``
-        (exact assignment) or ``hnsw`` (an HNSW32 graph over the centroids).
+        (exact assignment) or ``hnsw`` (an HNSW32 graph over the centroids; faster only
+        for many more cells than :data:`FLAT_QUANTIZER_MAX_CELLS`).
     pq_m: PQ sub-quantizers (bytes per vector at 8 bits); must divide the dimension.
         ``None`` picks the largest divisor of the dimension that is at most ``dim / 2``.
     pq_bits: bits per PQ sub-quantizer code; ``None``: the kind's own (8 for ``ivf_pq``, 4
