@@ -56,7 +56,6 @@ from recbert.index import (
     recall_at_k,
 )
 from recbert.index.auto import TIMING_BATCH, batch_qps
-from recbert.index.spec import quantizer_ef_search
 
 # The 1M x 64 grid (BENCHMARKS.md, issue #11): exact search; the earlier default HNSW;
 # IVF-Flat on the MIPS-to-NN reduction with the exact coarse quantizer over ~4,000 and 8,000
@@ -204,11 +203,8 @@ def assignment_qps(index: VectorIndex, q: np.ndarray, nprobe: int, repeats: int)
     if not INDEX_KINDS[index.kind].ivf:
         return None
     ivf = faiss.extract_index_ivf(index.faiss_index)
-    batch = np.ascontiguousarray(tiled(q, TIMING_BATCH)[:TIMING_BATCH], dtype=np.float32)
-    if index.config.ip_to_l2:
-        batch = np.hstack([batch, np.zeros((len(batch), 1), dtype=np.float32)])
-    params = (faiss.SearchParametersHNSW(efSearch=quantizer_ef_search(nprobe))
-              if index.config.quantizer == "hnsw" else None)
+    batch = index.faiss_queries(np.ascontiguousarray(tiled(q, TIMING_BATCH)[:TIMING_BATCH], dtype=np.float32))
+    params = index.quantizer_params(nprobe)
     nprobe = min(nprobe, ivf.nlist)
     ivf.quantizer.search(batch[:64], nprobe, params=params)
     qps, _, _ = median_rate(lambda: ivf.quantizer.search(batch, nprobe, params=params), len(batch), repeats)

@@ -322,9 +322,7 @@ class VectorIndex:
                     f"GPU returns at most {GPU_MAX_K} (load the index with device='cpu')"
                 )
             block = q[start:stop]
-            if self._config.ip_to_l2:  # query [q, 0]: |q - x'|^2 = |q|^2 + M^2 - 2 q.x
-                block = np.hstack([block, np.zeros((len(block), 1), dtype=np.float32)])
-            scores, positions = self._index.search(block, kk, params=params)
+            scores, positions = self._index.search(self.faiss_queries(block), kk, params=params)
             if self._config.ip_to_l2:
                 sq = np.einsum("ij,ij->i", q[start:stop], q[start:stop])[:, None]
                 scores = (sq + float(self._config.max_norm) ** 2 - scores) / 2
@@ -356,6 +354,20 @@ class VectorIndex:
                 out_ids[start + row, : len(kept)] = ids[row, kept]
         return out_scores, out_ids
 
+    def faiss_queries(self, q: np.ndarray) -> np.ndarray:
+        """Prepared queries as the faiss index takes them: ``[q, 0]`` on the MIPS-to-NN
+        reduction (``|q - x'|^2 = |q|^2 + M^2 - 2 q.x``), else unchanged."""
+        if not self._config.ip_to_l2:
+            return q
+        return np.hstack([q, np.zeros((len(q), 1), dtype=np.float32)])
+
+    def quantizer_params(self, nprobe: int) -> Any:
+        """Search parameters of an HNSW coarse quantizer for ``nprobe`` cells (its beam,
+        :func:`quantizer_ef_search`); ``None`` for the exact quantizer and non-IVF kinds."""
+        if self._config.quantizer != "hnsw":
+            return None
+        return faiss.SearchParametersHNSW(efSearch=quantizer_ef_search(nprobe))
+
     def _search_params(self, nprobe: int | None, ef_search: int | None) -> Any:
         """Faiss search parameters for this call's overrides; ``None`` keeps the index's defaults."""
         overrides = {"nprobe": nprobe, "ef_search": ef_search}
@@ -378,8 +390,8 @@ class VectorIndex:
                 f"{param.name}={requested} exceeds the faiss GPU limit {GPU_MAX_K}"
             )
         params = getattr(faiss, param.faiss_params)(**{param.faiss_name: value})
-        if self._config.quantizer == "hnsw":
-            inner = faiss.SearchParametersHNSW(efSearch=quantizer_ef_search(value))
+        inner = self.quantizer_params(value)
+        if inner is not None:
             params.quantizer_params = inner
             params._recbert_keep = inner  # the C++ side holds a raw pointer: keep it alive
         if self._config.rerank:

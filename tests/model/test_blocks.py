@@ -27,27 +27,29 @@ def test_shape(kind: str) -> None:
     assert make(kind)(x).shape == x.shape
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kind", REUSE_KINDS)
-def test_padding_values_do_not_reach_real_positions(kind: str) -> None:
+def test_padding_values_do_not_reach_real_positions(kind: str, causal: bool) -> None:
     block = make(kind)
     x, mask = pad(rows())
     x_adv = adversarial(x, mask)
     with torch.no_grad():
-        out, out_adv = block(x, mask), block(x_adv, mask)
+        out, out_adv = block(x, mask, causal=causal), block(x_adv, mask, causal=causal)
     torch.testing.assert_close(out_adv[mask], out[mask], rtol=1e-5, atol=1e-5)
     assert torch.equal(out_adv[~mask], x_adv[~mask])  # padded positions pass through
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kind", REUSE_KINDS)
 @pytest.mark.parametrize("left", [True, False])
-def test_padded_batch_matches_unpadded_rows(kind: str, left: bool) -> None:
+def test_padded_batch_matches_unpadded_rows(kind: str, left: bool, causal: bool) -> None:
     block = make(kind)
     seqs = rows()
     x, mask = pad(seqs, left=left, value=3.0)
     with torch.no_grad():
-        out = block(x, mask)
+        out = block(x, mask, causal=causal)
         for b, s in enumerate(seqs):
-            alone = block(s[None])[0]
+            alone = block(s[None], causal=causal)[0]
             torch.testing.assert_close(out[b][mask[b]], alone, rtol=1e-5, atol=1e-5)
 
 
@@ -82,12 +84,13 @@ def test_zero_projection_is_identity(kind: str) -> None:
     assert torch.equal(block(x), x)
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("kind", REUSE_KINDS)
-def test_all_pad_row_is_finite_and_unchanged(kind: str) -> None:
+def test_all_pad_row_is_finite_and_unchanged(kind: str, causal: bool) -> None:
     block = make(kind)
     x, mask = pad(rows())
     mask[1] = False
-    out = block(x, mask)
+    out = block(x, mask, causal=causal)
     assert torch.isfinite(out).all()
     assert torch.equal(out[1], x[1])
 
@@ -131,22 +134,6 @@ def test_causal_block_reads_no_later_position(kind: str) -> None:
     torch.testing.assert_close(out_later[:, :3], out[:, :3], rtol=1e-5, atol=1e-5)
     # bidirectional, the same block reads them (what next-item training must not see)
     assert (both_later[0, :3] - both[0, :3]).abs().max() > 1e-3
-
-
-@pytest.mark.parametrize("kind", REUSE_KINDS)
-@pytest.mark.parametrize("left", [True, False])
-def test_causal_block_isolates_padding_and_matches_unpadded_rows(kind: str, left: bool) -> None:
-    block = make(kind)
-    seqs = rows()
-    x, mask = pad(seqs, left=left, value=3.0)
-    with torch.no_grad():
-        out = block(x, mask, causal=True)
-        out_adv = block(adversarial(x, mask), mask, causal=True)
-        for b, s in enumerate(seqs):
-            torch.testing.assert_close(out[b][mask[b]], block(s[None], causal=True)[0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out_adv[mask], out[mask], rtol=1e-5, atol=1e-5)
-    mask[1] = False  # an all-pad row stays finite and unchanged
-    assert torch.isfinite(block(x, mask, causal=True)).all()
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
