@@ -12,7 +12,11 @@ Each ``--index KIND[:key=value,...]`` is one index to build (IndexConfig fields;
 default list is the 1M grid below). For each, nprobe / efSearch are swept on the first
 ``--sweep-queries`` queries; the smallest value reaching ``--target-recall`` there is then
 measured on the full ``--queries`` batch for the summary table. Every QPS figure is the
-median of ``--repeats`` timed runs, exact and approximate indexes in the same process.
+median of ``--repeats`` timed runs, exact and approximate indexes in the same process. The
+summary table's speed-up is timed in ``--rounds`` rounds of exact and approximate search
+back to back (alternating which goes first), and is the median of the per-round ratios:
+QPS drifts by 20-30% between minutes on this small machine, and a ratio of two figures
+taken minutes apart carries that drift.
 
 Timings are only trusted on an idle machine: the 1-minute load average is checked before
 anything runs (refused above 0.5 unless ``--allow-busy``), and the cores other processes
@@ -55,7 +59,7 @@ from recbert.index import (
     read_embeddings_parquet,
     recall_at_k,
 )
-from recbert.index.auto import TIMING_BATCH, batch_qps
+from recbert.index.auto import TIMING_BATCH, batch_qps, paired_qps
 
 # The 1M x 64 grid (BENCHMARKS.md, issue #11): exact search; the earlier default HNSW;
 # IVF-Flat on the MIPS-to-NN reduction with the exact coarse quantizer over ~4,000 and 8,000
@@ -67,7 +71,7 @@ DEFAULT_INDEXES = (
     "flat",
     "hnsw:hnsw_m=32,ef_construction=40",
     "ivf_flat:quantizer=flat,ip_to_l2=true,train_sample=200000",
-    "ivf_flat:quantizer=flat,ip_to_l2=true,nlist=8000,train_sample=400000",
+    "ivf_flat:quantizer=flat,ip_to_l2=true,nlist_factor=8,train_sample=400000",
     "ivf_flat:quantizer=hnsw,ip_to_l2=true,train_sample=200000",
 )
 
@@ -86,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"an index to measure (repeat); kinds {tuple(INDEX_KINDS)}, keys any IndexConfig "
                         f"field; default: {' '.join(DEFAULT_INDEXES)}")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per QPS figure (the median is kept)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="summary table: rounds of exact and approximate search timed back to back; "
+                        "the speed-up is the median of the rounds' ratios")
     p.add_argument("--wait-idle", type=float, default=300,
                    help="seconds to wait for the load average to fall to 0.5 before refusing")
     p.add_argument("--allow-busy", action="store_true",
@@ -114,8 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.configs = [index_config(spec, args) for spec in (args.indexes or DEFAULT_INDEXES)]
     except RecbertError as exc:
         p.error(str(exc))
-    if args.repeats < 1:
-        p.error("--repeats must be >= 1")
+    if args.repeats < 1 or args.rounds < 1:
+        p.error("--repeats and --rounds must be >= 1")
     return args
 
 
@@ -211,6 +218,16 @@ def assignment_qps(index: VectorIndex, q: np.ndarray, nprobe: int, repeats: int)
     return qps
 
 
+def paired_with_exact(index: VectorIndex, x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int,
+                      rounds: int, **override):
+    """``index`` (with ``override``) against the exact index in paired rounds on the full
+    batch (:func:`recbert.index.auto.paired_qps`). The exact index is built again for this
+    (a copy of the vectors, seconds even at 10M) rather than kept through every build, which
+    would add its size to each build's peak memory."""
+    exact = VectorIndex.build(x, ids, IndexConfig(kind="flat", metric=index.metric, device="cpu"))
+    return paired_qps(lambda batch: exact.search(batch, k), index, q, k, rounds, **override)
+
+
 def single_query_qps(index: VectorIndex, q: np.ndarray, k: int, limit: int, **override) -> float:
     index.search(q[:1], k, **override)  # warm-up
     done, started = 0, time.perf_counter()
@@ -282,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             "label": "flat exact", "params": "exact", "build_s": exact_build,
             "bytes": index_bytes(exact_index), "rss": peak_rss_mib(),
             "qps1": single_query_qps(exact_index, q, k, args.single_queries),
-            "qps": exact_qps, "recall": 1.0, "assign": None,
+            "qps": exact_qps, "exact_qps": exact_qps, "ratio": 1.0, "recall": 1.0, "assign": None,
         })
     del exact_index
 
@@ -309,32 +326,38 @@ def main(argv: list[str] | None = None) -> None:
             elif chosen is not None or qps < exact_sweep_qps:
                 break  # one point past the target shows the trend; slower than exact is moot
         value = (chosen or best)[0]
-        found, qps = batch_search(index, q, k, args.repeats, **{name: value})  # the full batch
+        _, found = index.search(q, k, **{name: value})  # the full batch
         recall = recall_at_k(found, exact_ids, k)
+        paired = paired_with_exact(index, x, ids, q, k, args.rounds, **{name: value})
+        print(f"  full batch, {name}={value}: recall {recall:.4f}; {args.rounds} paired rounds, exact / this QPS: "
+              + ", ".join(f"{e:,.0f} / {a:,.0f}" for e, a in zip(paired.base_rates, paired.other_rates))
+              + f"; median ratio {paired.ratio:.1f}x")
         rows.append({
             "label": label(cfg), "params": f"{INDEX_KINDS[cfg.kind].describe(cfg)}, {name}={value}",
             "build_s": build_s, "bytes": index_bytes(index), "rss": peak_rss_mib(),
             "qps1": single_query_qps(index, q, k, args.single_queries, **{name: value}),
-            "qps": qps, "recall": recall,
+            "qps": paired.other, "exact_qps": paired.base, "ratio": paired.ratio, "recall": recall,
             "assign": assignment_qps(index, q, value, args.repeats) if name == "nprobe" else None,
         })
         del index
 
     guard.refuse = False  # a busy interval labels the figures below; it does not discard them
     load = guard.stop()
-    print(f"\nn={len(x):,} dim={x.shape[1]} queries={len(q):,} k={k}; QPS = median of {args.repeats}; "
-          f"peak RSS is the process high-water mark so far (cumulative); assign QPS: the IVF coarse "
-          f"quantizer alone at that nprobe, {TIMING_BATCH:,} queries a batch")
+    print(f"\nn={len(x):,} dim={x.shape[1]} queries={len(q):,} k={k}; batch QPS and paired exact QPS = "
+          f"medians of {args.rounds} rounds timed back to back with exact search, vs exact = the median "
+          f"of the rounds' ratios (exact row: median of {args.repeats}); peak RSS is the process high-water "
+          f"mark so far (cumulative); assign QPS: the IVF coarse quantizer alone at that nprobe, "
+          f"{TIMING_BATCH:,} queries a batch")
     print(f"machine: {load.line()}")
     header = (f"| {'kind':<9} | {'params':<62} | {'build s':>7} | {'index MiB':>9} | "
-              f"{'peak RSS MiB':>12} | {'1-query QPS':>11} | {'batch QPS':>9} | "
+              f"{'peak RSS MiB':>12} | {'1-query QPS':>11} | {'batch QPS':>9} | {'paired exact QPS':>16} | "
               f"{'recall@' + str(k):>9} | {'vs exact':>8} | {'assign QPS':>10} |")
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
         print(f"| {r['label'].split()[0]:<9} | {r['params']:<62} | {r['build_s']:7.1f} | "
               f"{r['bytes'] / 2**20:9.1f} | {r['rss']:12.0f} | {r['qps1']:11.0f} | "
-              f"{r['qps']:9.0f} | {r['recall']:9.4f} | {r['qps'] / exact_qps:7.1f}x | "
+              f"{r['qps']:9.0f} | {r['exact_qps']:16.0f} | {r['recall']:9.4f} | {r['ratio']:7.1f}x | "
               + (f"{r['assign']:10.0f} |" if r["assign"] is not None else f"{'-':>10} |"))
     front = pareto_front(points)
     print(f"\nrecall/QPS Pareto front of the sweeps ({sq:,} queries; exact {exact_sweep_qps:,.0f} QPS):")
@@ -345,9 +368,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{p['qps'] / exact_sweep_qps:.1f}x |")
     hits = [r for r in rows if r["params"] != "exact" and r["recall"] >= args.target_recall]
     if hits:
-        fastest = max(hits, key=lambda r: r["qps"])
+        fastest = max(hits, key=lambda r: r["ratio"])
         print(f"\nfastest index with recall@{k} >= {args.target_recall} on all {len(q):,} queries: "
-              f"{fastest['label']} ({fastest['params']}): {fastest['qps'] / exact_qps:.1f}x exact batch QPS, "
+              f"{fastest['label']} ({fastest['params']}): {fastest['ratio']:.1f}x exact batch QPS "
+              f"(median of {args.rounds} paired rounds), "
               f"recall {fastest['recall']:.4f}" + (" [BUSY machine: not trustworthy]" if load.busy else ""))
     else:
         print(f"\nno index reached recall@{k} >= {args.target_recall}")

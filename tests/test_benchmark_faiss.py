@@ -23,7 +23,7 @@ def bench():
 def test_the_benchmark_prints_the_grid_the_front_and_the_auto_choice(bench, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     bench.main(["--n", "3000", "--dim", "16", "--queries", "200", "--sweep-queries", "100", "--centres", "32",
-                "--repeats", "2", "--single-queries", "10", "--index", "flat",
+                "--repeats", "2", "--rounds", "3", "--single-queries", "10", "--index", "flat",
                 "--index", "hnsw:hnsw_m=16,ef_construction=100", "--index", "ivf_pq_fs:rerank=10",
                 "--auto", "--auto-sample", "1000", "--plot", str(tmp_path / "curve.png"),
                 "--allow-busy"])  # other tests may run beside: the interval may be busy
@@ -32,9 +32,14 @@ def test_the_benchmark_prints_the_grid_the_front_and_the_auto_choice(bench, caps
     assert "| flat      | exact" in out and "| hnsw      | M=16, efC=100, ef_search=" in out
     assert "| ivf_pq_fs | nlist=" in out and "PQ8x4fs, re-rank 10k" in out
     # the IVF row times its coarse quantizer alone; other kinds have none
-    rows = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in out.splitlines()
-            if line.startswith("| ") and line.count("|") == 11}
-    assert rows["hnsw"] == rows["flat"] == "-" and float(rows["ivf_pq_fs"]) > 0
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in out.splitlines()
+             if line.startswith("| ") and line.count("|") == 12}
+    assert table["hnsw"][-1] == table["flat"][-1] == "-" and float(table["ivf_pq_fs"][-1]) > 0
+    # each approximate row's speed-up is the median ratio of its rounds paired with exact search
+    paired = [line for line in out.splitlines() if "3 paired rounds, exact / this QPS" in line]
+    assert len(paired) == 2 and all(line.count(" / ") == 1 + 3 for line in paired)  # header + 3 rounds
+    assert table["hnsw"][-2] == paired[0].rsplit("median ratio ", 1)[1]
+    assert table["flat"][-2] == "1.0x"
     assert "Pareto front of the sweeps" in out and "machine: load average 0.00 before" in out
     assert "--kind auto:" in out and "auto: chose" in out
     assert (tmp_path / "curve.png").stat().st_size > 0

@@ -6,7 +6,8 @@ measured beside another job flatters the approximate index. :class:`IdleGuard` c
 machine before a measurement (the 1-minute load average, while nothing of ours runs yet)
 and, during it, how many cores *other* processes used (the whole machine's busy CPU time
 from ``/proc/stat`` minus this process's own), so a figure can be refused or labelled.
-:func:`median_rate` repeats a timed call and keeps the median.
+:func:`median_rate` repeats a timed call and keeps the median; :func:`paired_rates` times
+two calls in alternation for a speed ratio both sides of which saw the same machine.
 """
 
 from __future__ import annotations
@@ -191,3 +192,52 @@ def tiled(rows: Any, minimum: int) -> Any:
         return rows
     reps = -(-minimum // len(rows))
     return np.concatenate([rows] * reps)[:max(minimum, len(rows))]
+
+
+@dataclass(frozen=True)
+class PairedRates:
+    """Two calls timed in alternation (:func:`paired_rates`): each one's median rate and the
+    median over rounds of ``other / base`` taken within the same round."""
+
+    base: float
+    other: float
+    ratio: float
+    base_rates: tuple[float, ...]
+    other_rates: tuple[float, ...]
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return tuple(o / b for b, o in zip(self.base_rates, self.other_rates))
+
+
+def paired_rates(base: Callable[[], Any], other: Callable[[], Any], count: int, rounds: int = 5,
+                 clock: Callable[[], float] = time.perf_counter) -> PairedRates:
+    """Time ``base()`` and ``other()`` (each doing ``count`` units of work) in ``rounds``
+    back-to-back pairs, alternating which goes first, and return both median rates and the
+    median of the per-round speed ratios ``other / base``.
+
+    A speed-up is a ratio of two timings; taken far apart, each sees a different machine
+    (turbo, cache and memory state drift by 20-30% between minutes on a small VM), so the
+    ratio carries both drifts. Paired in one round, both see nearly the same state, and the
+    median over rounds drops the odd disturbed round."""
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds!r} must be >= 1")
+
+    def rate(run: Callable[[], Any]) -> float:
+        started = clock()
+        run()
+        return count / max(clock() - started, 1e-12)
+
+    base_rates, other_rates = [], []
+    for i in range(rounds):
+        if i % 2 == 0:
+            b = rate(base)
+            o = rate(other)
+        else:
+            o = rate(other)
+            b = rate(base)
+        base_rates.append(b)
+        other_rates.append(o)
+    ratio = statistics.median(o / b for b, o in zip(base_rates, other_rates))
+    return PairedRates(statistics.median(base_rates), statistics.median(other_rates), ratio,
+                       tuple(base_rates), tuple(other_rates))

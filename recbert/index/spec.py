@@ -184,6 +184,12 @@ QUANTIZERS: tuple[str, ...] = tuple(COARSE_QUANTIZERS)
 # more cells than ``4 * sqrt(n)`` gives below ~60M vectors.
 FLAT_QUANTIZER_MAX_CELLS = 32_768
 
+# The cells-per-sqrt(n) factors (``IndexConfig.nlist_factor``) ``--kind auto`` tries for each
+# IVF candidate. More cells make each probe cheaper and assignment dearer; with the exact
+# quantizer, 8 * sqrt(n) cells beat 4 * sqrt(n) at 1M x 64 (IVF-Flat on the MIPS reduction:
+# recall@10 0.956 at 9.7x exact vs 7.5x; BENCHMARKS.md, issue #11), so both are measured.
+AUTO_NLIST_FACTORS: tuple[int, ...] = (4, 8)
+
 
 def coarse_quantizer_for(nlist: int) -> str:
     """The coarse quantizer ``--kind auto`` gives ``nlist`` cells: exact up to
@@ -273,17 +279,27 @@ def _describe_ivf_pq_fs(cfg: IndexConfig) -> str:
 
 
 def _ivf_candidates(cfg: IndexConfig, n: int, d: int) -> tuple[dict[str, Any], ...]:
-    """IVF-Flat for auto: the exact coarse quantizer unless there are enough cells for the
-    HNSW one to pay (:func:`coarse_quantizer_for`); for inner product also on the MIPS-to-NN
-    reduction, whose L2 cells suit it better (at 1M x 64: recall@10 0.969 at nprobe 128 of
-    4,000 cells, vs 0.88 for inner-product cells)."""
-    # enough training vectors for the automatic 4 * sqrt(n) cells (50 each): the default
-    # sample would cap nlist at train_sample / 39 (2,564 at 1M, where 4,000 cells measured
-    # 8.9x exact against 5.4x)
-    train = {"train_sample": min(n, max(cfg.train_sample, 50 * round(4 * math.sqrt(n))))}
-    quantizer = coarse_quantizer_for(cfg.replace(**train).resolved_nlist(n))
-    both = ({"quantizer": quantizer, **train}, {"quantizer": quantizer, "ip_to_l2": True, **train})
-    return both if cfg.metric == "ip" else both[:1]
+    """IVF-Flat for auto, at each cell count of :data:`AUTO_NLIST_FACTORS` (distinct ones
+    only): the exact coarse quantizer unless there are enough cells for the HNSW one to pay
+    (:func:`coarse_quantizer_for`); for inner product also on the MIPS-to-NN reduction, whose
+    L2 cells suit it better (at 1M x 64: recall@10 0.969 at nprobe 128 of 4,000 cells, vs
+    0.88 for inner-product cells)."""
+    out, seen = [], set()
+    for factor in AUTO_NLIST_FACTORS:
+        # enough training vectors for the automatic factor * sqrt(n) cells (50 each): the
+        # default sample would cap nlist at train_sample / 39 (2,564 at 1M, where 4,000 cells
+        # measured 8.9x exact against 5.4x)
+        cells = {"nlist_factor": factor,
+                 "train_sample": min(n, max(cfg.train_sample, 50 * round(factor * math.sqrt(n))))}
+        nlist = cfg.replace(**cells).resolved_nlist(n)
+        if nlist in seen:  # few vectors: both factors clip to the same cells
+            continue
+        seen.add(nlist)
+        quantizer = coarse_quantizer_for(nlist)
+        out.append({"quantizer": quantizer, **cells})
+        if cfg.metric == "ip":
+            out.append({"quantizer": quantizer, "ip_to_l2": True, **cells})
+    return tuple(out)
 
 
 def _ivf_pq_fs_candidates(cfg: IndexConfig, n: int, d: int) -> tuple[dict[str, Any], ...]:
@@ -382,8 +398,10 @@ class IndexConfig:
     metric: ``ip`` (inner product), ``cosine`` (vectors and queries are L2-normalised, then
         inner product) or ``l2`` (squared Euclidean; scores are returned negated so that
         higher is always better).
-    nlist: IVF cells; ``None`` picks ``4 * sqrt(n)`` clipped so that every cell gets at least
-        39 training vectors (faiss' own lower bound) and at most ``n``.
+    nlist: IVF cells; ``None`` picks ``nlist_factor * sqrt(n)`` clipped so that every cell gets
+        at least 39 training vectors (faiss' own lower bound) and at most ``n``.
+    nlist_factor: cells per ``sqrt(n)`` when ``nlist`` is ``None`` (4: faiss' usual advice;
+        ``--kind auto`` also measures 8, :data:`AUTO_NLIST_FACTORS`).
     nprobe: IVF cells visited per query (clipped to ``nlist``).
     quantizer: IVF kinds' coarse quantizer, a name in :data:`COARSE_QUANTIZERS`: ``flat``
         (exact assignment) or ``hnsw`` (an HNSW32 graph over the centroids; faster only
@@ -415,6 +433,7 @@ class IndexConfig:
     kind: IndexKind = "flat"
     metric: Metric = "ip"
     nlist: int | None = None
+    nlist_factor: int = 4
     nprobe: int = 128
     quantizer: str = "flat"
     pq_m: int | None = None
@@ -440,6 +459,7 @@ class IndexConfig:
         _check_choice("device", self.device, DEVICES)
         if self.nlist is not None:
             _check_int("nlist", self.nlist, minimum=1)
+        _check_int("nlist_factor", self.nlist_factor, minimum=1)
         _check_int("nprobe", self.nprobe, minimum=1)
         if self.pq_m is not None:
             _check_int("pq_m", self.pq_m, minimum=1)
@@ -494,7 +514,7 @@ class IndexConfig:
                     f"train_sample={self.train_sample}); raise train_sample or lower nlist"
                 )
             return self.nlist
-        auto = int(round(4 * math.sqrt(n)))
+        auto = int(round(self.nlist_factor * math.sqrt(n)))
         return max(1, min(auto, n_train // 39 if n_train >= 39 else 1, n))
 
     def resolved_pq_m(self, dim: int) -> int:

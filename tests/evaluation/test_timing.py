@@ -13,6 +13,7 @@ from recbert.evaluation.timing import (
     machine_busy_seconds,
     median_rate,
     own_busy_seconds,
+    paired_rates,
 )
 
 
@@ -129,3 +130,32 @@ def test_waiting_for_the_load_to_fall():
     assert guard.wait_until_idle(60, poll=5, sleep=sleep) == 0.5 and slept == [5, 5]  # at the limit is idle
     m.load = 3.0
     assert guard.wait_until_idle(10, poll=5, sleep=lambda s: None) == 3.0  # gives up after the timeout
+
+
+def test_paired_rates_cancel_a_drifting_machine_and_alternate_the_order():
+    # the machine's speed drifts by round (x1, x3, x1.5, x2, x1); other is always 10x faster
+    slowdown = iter([1.0, 1.0, 3.0, 3.0, 1.5, 1.5, 2.0, 2.0, 1.0, 1.0])
+    now = [0.0]
+    order = []
+
+    def clock():
+        return now[0]
+
+    def base():
+        order.append("base")
+        now[0] += 1.0 * next(slowdown)
+
+    def other():
+        order.append("other")
+        now[0] += 0.1 * next(slowdown)
+
+    paired = paired_rates(base, other, count=100, rounds=5, clock=clock)
+    assert paired.ratio == pytest.approx(10.0) and all(r == pytest.approx(10.0) for r in paired.ratios)
+    assert paired.base_rates == pytest.approx((100, 100 / 3, 100 / 1.5, 50, 100))
+    assert paired.base == pytest.approx(100 / 1.5) and paired.other == pytest.approx(1000 / 1.5)
+    assert order == ["base", "other", "other", "base", "base", "other", "other", "base", "base", "other"]
+    # one disturbed round (base slowed 5x in the second) does not move the median ratio
+    slowdown = iter([1.0, 1.0, 1.0, 5.0, 1.0, 1.0])
+    assert paired_rates(base, other, count=100, rounds=3, clock=clock).ratio == pytest.approx(10.0)
+    with pytest.raises(ValueError):
+        paired_rates(base, other, 1, rounds=0)
