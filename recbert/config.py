@@ -121,7 +121,8 @@ class ModelConfig:
     # parameter-free 'mean' / 'max' / 'sum' of the last ``fusion_layers`` states.
     fusion: FusionKind = "last"
     fusion_layers: int = 2
-    # Residual feature-reuse block x + f(x) after the encoder (bidirectional: MLM only).
+    # Residual feature-reuse block x + f(x) after the encoder; under causal attention (next-item)
+    # it reads each position's past only, with the same weights.
     reuse_block: ReuseBlock = "none"
     reuse_kernel_size: int = 3  # reuse_block='cnn': width of the same-length 1-D convolution
     init_std: float = 0.02
