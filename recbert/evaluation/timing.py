@@ -199,15 +199,24 @@ class PairedRates:
     """Two calls timed in alternation (:func:`paired_rates`): each one's median rate and the
     median over rounds of ``other / base`` taken within the same round."""
 
-    base: float
-    other: float
-    ratio: float
     base_rates: tuple[float, ...]
     other_rates: tuple[float, ...]
 
     @property
     def ratios(self) -> tuple[float, ...]:
         return tuple(o / b for b, o in zip(self.base_rates, self.other_rates))
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.ratios)
+
+    @property
+    def base(self) -> float:
+        return statistics.median(self.base_rates)
+
+    @property
+    def other(self) -> float:
+        return statistics.median(self.other_rates)
 
 
 def paired_rates(base: Callable[[], Any], other: Callable[[], Any], count: int, rounds: int = 5,
@@ -238,6 +247,4 @@ def paired_rates(base: Callable[[], Any], other: Callable[[], Any], count: int, 
             b = rate(base)
         base_rates.append(b)
         other_rates.append(o)
-    ratio = statistics.median(o / b for b, o in zip(base_rates, other_rates))
-    return PairedRates(statistics.median(base_rates), statistics.median(other_rates), ratio,
-                       tuple(base_rates), tuple(other_rates))
+    return PairedRates(tuple(base_rates), tuple(other_rates))

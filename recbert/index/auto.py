@@ -28,7 +28,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -223,13 +223,10 @@ def build_auto(
         else:
             candidate = VectorIndex.build(x_inside, id_array[inside], base.replace(**pick.changes), source=source)
         measured = _sweep(candidate, q, truth, settings, start=pick.value, changes=pick.changes,
-                          build_s=pick.build_s if not sampled else time.perf_counter() - t0)
-        paired = paired_qps(lambda batch: exact_neighbours(x_inside, batch, settings.k, base.metric),
-                            candidate, q, settings.k, settings.repeats, **{measured.search: measured.value})
-        measured = replace(measured, qps=paired.other, speedup=paired.ratio, rates=paired.other_rates,
-                           exact_rates=paired.base_rates)
-        say(f"auto: on all vectors: {_line(measured)} = {paired.ratio:.1f}x exact "
-            f"({paired.base:,.0f} QPS; median of {settings.repeats} paired rounds)")
+                          build_s=pick.build_s if not sampled else time.perf_counter() - t0,
+                          exact=lambda batch: exact_neighbours(x_inside, batch, settings.k, base.metric))
+        say(f"auto: on all vectors: {_line(measured)} = {measured.speedup:.1f}x exact "
+            f"({statistics.median(measured.exact_rates):,.0f} QPS; median of {settings.repeats} paired rounds)")
         on_all.append(measured.as_dict())
         good = measured.reached and measured.speedup >= settings.min_speedup
         if good and (full is None or measured.speedup > full.speedup):
@@ -350,8 +347,11 @@ def _measure(xs: np.ndarray, ids: np.ndarray, q: np.ndarray, truth: np.ndarray, 
 
 
 def _sweep(index: VectorIndex, q: np.ndarray, truth: np.ndarray, settings: AutoSettings, *,
-           start: int | None, changes: dict[str, Any], build_s: float) -> Measurement:
-    """The smallest search value (from ``start`` on) reaching the target, and its median QPS.
+           start: int | None, changes: dict[str, Any], build_s: float,
+           exact: Callable[[np.ndarray], Any] | None = None) -> Measurement:
+    """The smallest search value (from ``start`` on) reaching the target, and its median QPS:
+    alone, or, given ``exact`` (exact search of a batch), timed in paired rounds against it
+    (:func:`paired_qps`; the speed-up and each round's figures are recorded too).
     ``truth`` holds exact top-k *positions* in the order the index's vectors were added."""
     k = settings.k
     cfg = index.config
@@ -371,11 +371,18 @@ def _sweep(index: VectorIndex, q: np.ndarray, truth: np.ndarray, settings: AutoS
             chosen = (value, recall)
             break
     value, recall = chosen or best
-    qps = batch_qps(index, q, k, settings.repeats, **{param.name: value})
+    timing: dict[str, Any] = {}
+    if exact is None:
+        qps = batch_qps(index, q, k, settings.repeats, **{param.name: value})
+    else:
+        paired = paired_qps(exact, index, q, k, settings.repeats, **{param.name: value})
+        qps = paired.other
+        timing = {"speedup": paired.ratio, "rates": paired.other_rates, "exact_rates": paired.base_rates}
     return Measurement(kind=cfg.kind, params=INDEX_KINDS[cfg.kind].describe(cfg), changes=changes,
                        search=param.name, value=int(value), recall=float(recall), qps=float(qps),
                        build_s=build_s, n=index.count, reached=chosen is not None,
-                       note="" if chosen else f"best recall of the sweep up to {param.name}={values[-1]}")
+                       note="" if chosen else f"best recall of the sweep up to {param.name}={values[-1]}",
+                       **timing)
 
 
 def _line(m: Measurement) -> str:

@@ -96,8 +96,8 @@ def test_auto_falls_back_when_the_full_index_misses_the_target(items, monkeypatc
 
     real = auto._sweep
 
-    def sample_passes_full_fails(index, q, truth, settings, *, start, changes, build_s):
-        m = real(index, q, truth, settings, start=start, changes=changes, build_s=build_s)
+    def sample_passes_full_fails(index, q, truth, settings, *, start, **timing):
+        m = real(index, q, truth, settings, start=start, **timing)
         if start is not None:  # the full-size sweep
             return auto.Measurement(**{**m.as_dict(), "reached": False, "recall": 0.5})
         return m
