@@ -8,6 +8,12 @@ full-ranking evaluation 4.0 -> 1.65 s, system time 37 -> 3.7 s (BENCHMARKS.md). 
 can only choose its allocator at start, so :func:`reexec_with_fast_allocator` re-runs the
 command under jemalloc when it is installed (Debian/Ubuntu: ``libjemalloc2``) and
 ``RECBERT_ALLOCATOR`` is not ``system``.
+
+Kept pages are not always reused: a GRU/LSTM block's training steps make jemalloc map new
+pages while it holds ~0.5 MB per step of freed ones (RSS grew without bound, ~100 MB per
+Beauty epoch; flat under glibc). :func:`release_free_memory` hands the kept pages back; the
+training loop calls it every epoch and every ``RELEASE_EVERY_STEPS`` steps, which bounds the
+growth at the cost of faulting the working set in again (a fraction of a second).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Optional, Sequence
 
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1,background_thread:false"  # keep freed pages
 _REEXEC_MARK = "RECBERT_ALLOCATOR_SET"
+_ALL_ARENAS = 4096  # jemalloc's MALLCTL_ARENAS_ALL
+RELEASE_EVERY_STEPS = 256  # training steps between release_free_memory calls (module docstring)
 
 
 def fast_allocator_env(environ: Optional[dict] = None) -> Optional[dict]:
@@ -56,3 +64,16 @@ def allocator_name() -> str:
     if "jemalloc" in preload:
         return f"jemalloc (MALLOC_CONF={os.environ.get('MALLOC_CONF', '')})"
     return "glibc malloc"
+
+
+def release_free_memory() -> bool:
+    """Hand the freed pages jemalloc keeps (``JEMALLOC_CONF``) back to the kernel, in every
+    arena; True when it did, False when this process does not run on jemalloc."""
+    if "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
+        return False
+    try:
+        mallctl = ctypes.CDLL(None).mallctl
+    except AttributeError:  # preloaded name without the library's symbols
+        return False
+    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0

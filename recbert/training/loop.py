@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from recbert.allocator import RELEASE_EVERY_STEPS, release_free_memory
 from recbert.errors import CheckpointError, DivergenceError
 from recbert.runtime import DistributedContext, on_main, rng_state, set_rng_state
 from recbert.training.checkpoints import Checkpointing
@@ -197,6 +198,8 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
             if checkpointing and checkpointing.every_steps and steps % checkpointing.every_steps == 0 \
                     and steps < objective.steps_per_epoch:
                 checkpoint(epoch, steps, False, epoch_start, sums, count, prior_seconds + time.perf_counter() - t0)
+            if steps % RELEASE_EVERY_STEPS == 0:  # bound the allocator's kept pages (recbert.allocator)
+                release_free_memory()
         bar.close()
         sums = sum_values_over_ranks({**sums, COUNT: float(count)}, context)
         count = int(sums.pop(COUNT))
@@ -234,6 +237,7 @@ def fit(model: nn.Module, objective: Objective, optimizer: torch.optim.Optimizer
         if checkpointing:  # after the sink: a kill in between repeats this epoch's record, never loses it
             checkpoint(epoch + 1, 0, result.stopped_early or epoch == settings.epochs, _objective_state(objective),
                        {}, 0, 0.0)
+        release_free_memory()  # after the epoch's evaluation, the other large allocations
         if result.stopped_early:
             break
     if best_state is not None:

@@ -11,6 +11,7 @@ from torch import nn
 
 from recbert.config import StageConfig
 from recbert.errors import DivergenceError
+from recbert.training import loop
 from recbert.training.loop import FitSettings, StepLoss, fit
 from recbert.training.objectives import OBJECTIVES
 
@@ -55,6 +56,15 @@ def test_fit_trains_records_every_epoch_and_sends_them_to_the_sink():
     rec = res.history[-1]
     assert rec["toy/steps"] == 4 and rec["toy/lr"] == 0.1 and rec["toy/abs"] > 0
     assert res.history[0]["toy/loss"] > rec["toy/loss"]
+
+
+def test_fit_hands_the_allocators_kept_pages_back_every_epoch_and_every_n_steps(monkeypatch):
+    calls = []
+    monkeypatch.setattr(loop, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(loop, "RELEASE_EVERY_STEPS", 3)
+    model, opt, sched = make()
+    fit(model, LineObjective(), opt, sched, FitSettings(epochs=2, grad_clip=0.0))
+    assert len(calls) == 2 * (1 + 1)  # per epoch of 4 steps: after step 3, and at its end
 
 
 def test_early_stopping_restores_the_best_validated_weights():
