@@ -184,8 +184,9 @@ def median_rate(run: Callable[[], Any], count: int, repeats: int = 3,
 
 def tiled(rows: Any, minimum: int) -> Any:
     """``rows`` repeated (whole, then a prefix) to at least ``minimum`` rows, for timing a
-    batch search at a batch size where the library runs at its usual speed: faiss' exact
-    search of 1,000-1,999 queries over 1M vectors ran ~5x slower per query than of 2,000+."""
+    batch search at a batch size where the library runs at its usual speed (faiss' exact
+    search of 1,000-1,999 queries over 1M vectors ran ~5x slower per query than of 2,000+
+    until recbert lowered its BLAS threshold: recbert.index.blas)."""
     import numpy as np
 
     if len(rows) >= minimum or len(rows) == 0:

@@ -1,5 +1,6 @@
 """Faiss retrieval over exported user / item embeddings."""
 
+from recbert.index.blas import use_blas_from_small_batches
 from recbert.index.device import gpu_available, resolve_device
 from recbert.index.faiss_index import (
     PAD_ID,
@@ -19,6 +20,8 @@ from recbert.index.spec import (
     IndexKindSpec,
     SearchParam,
 )
+
+use_blas_from_small_batches()  # faiss' exact distances by BLAS from ~20 queries (index/blas.py)
 
 __all__ = [
     "INDEX_KINDS",

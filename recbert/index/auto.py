@@ -301,7 +301,8 @@ def _candidates(base: IndexConfig, x: np.ndarray, settings: AutoSettings) -> lis
 def batch_qps(index: VectorIndex, q: np.ndarray, k: int, repeats: int, **override) -> float:
     """Batch QPS of ``index.search`` (with ``override``, e.g. ``nprobe=64``): the median of
     ``repeats`` timed searches of ``q`` repeated to at least :data:`TIMING_BATCH` queries
-    (faiss' exact search is ~5x slower per query on batches of 1,000-1,999 than of 2,000+;
+    (faiss' exact search was ~5x slower per query on batches of 1,000-1,999 than of 2,000+
+    under its default BLAS threshold, recbert.index.blas;
     every index is timed the same way), after a warm-up."""
     batch = tiled(q, TIMING_BATCH)
     index.search(q[: min(len(q), 64)], k, **override)

@@ -308,8 +308,9 @@ class VectorIndex:
         out_scores = np.full((m, k), -np.inf, dtype=np.float32)
         out_ids = np.full((m, k), None if string_ids else PAD_ID,
                           dtype=object if string_ids else np.int64)
-        # equal blocks: a short trailing block can fall into a slow faiss regime (exact search
-        # of 1,808 queries over 1M vectors ran at ~180 QPS, of 2,000+ at ~1,000: BENCHMARKS.md)
+        # equal blocks: a short trailing block could fall into faiss' slow non-BLAS loop (exact
+        # search of 1,808 queries over 1M vectors ran at ~180 QPS, of 2,000+ at ~1,000), which
+        # recbert.index.blas now keeps for batches of under ~20 queries only
         blocks = math.ceil(m / int(batch_size))
         step = math.ceil(m / blocks)
         for start in range(0, m, step):
