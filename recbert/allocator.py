@@ -19,9 +19,10 @@ growth at the cost of faulting the working set in again (a fraction of a second)
 from __future__ import annotations
 
 import ctypes.util
+import functools
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 
 JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1,background_thread:false"  # keep freed pages
@@ -58,22 +59,30 @@ def reexec_with_fast_allocator(argv: Optional[Sequence[str]] = None) -> None:
         os.execve(sys.executable, [sys.executable, *(sys.argv if argv is None else argv)], env)
 
 
+def _on_jemalloc() -> bool:
+    return "jemalloc" in os.environ.get("LD_PRELOAD", "")
+
+
 def allocator_name() -> str:
     """Which allocator this process runs on, for benchmark reports."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    if "jemalloc" in preload:
+    if _on_jemalloc():
         return f"jemalloc (MALLOC_CONF={os.environ.get('MALLOC_CONF', '')})"
     return "glibc malloc"
+
+
+@functools.lru_cache(maxsize=1)
+def _mallctl() -> Optional[Callable[..., int]]:
+    """jemalloc's ``mallctl`` in this process (looked up once), or None."""
+    try:
+        mallctl = ctypes.CDLL(None).mallctl
+    except AttributeError:  # preloaded name without the library's symbols
+        return None
+    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    return mallctl
 
 
 def release_free_memory() -> bool:
     """Hand the freed pages jemalloc keeps (``JEMALLOC_CONF``) back to the kernel, in every
     arena; True when it did, False when this process does not run on jemalloc."""
-    if "jemalloc" not in os.environ.get("LD_PRELOAD", ""):
-        return False
-    try:
-        mallctl = ctypes.CDLL(None).mallctl
-    except AttributeError:  # preloaded name without the library's symbols
-        return False
-    mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-    return mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0
+    mallctl = _mallctl() if _on_jemalloc() else None
+    return mallctl is not None and mallctl(f"arena.{_ALL_ARENAS}.purge".encode(), None, None, None, 0) == 0
