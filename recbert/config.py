@@ -27,7 +27,7 @@ from recbert.training.losses import LOSSES, SAMPLERS
 
 # Choices come from the registries of the modules that build them: a new fusion, reuse
 # block or loss is added there and appears here (validation, CLI, ablation grids).
-Objective = Literal["mlm", "next_item", "mlm_attributes", "next_item_contrastive"]
+Objective = Literal["mlm", "next_item", "mlm_attributes", "next_item_attributes", "next_item_contrastive"]
 Attention = Literal["bidirectional", "causal"]
 FusionKind = Literal[tuple(FUSIONS)]
 ReuseBlock = Literal[tuple(REUSE_BLOCKS)]
@@ -177,7 +177,7 @@ class StageConfig:
     grad_clip: float = 1.0
     mask_prob: float = 0.2  # MLM: share of tokens masked
     last_item_mask_prob: float = 0.1  # MLM: share of sequences with only the last item masked
-    attribute_weight: float = 1.0  # mlm_attributes: weight of the attribute losses beside the cloze loss
+    attribute_weight: float = 1.0  # *_attributes objectives: weight of the attribute losses beside the item loss
     # next_item_contrastive: weight and temperature of the same-target InfoNCE (DuoRec's 0.1 and 1)
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 1.0

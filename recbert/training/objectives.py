@@ -3,6 +3,7 @@
 * ``mlm``: cloze (BERT4Rec), bidirectional attention; masked positions are the targets;
 * ``next_item``: causal (SASRec-style), a target at every position;
 * ``mlm_attributes``: cloze plus item-attribute prediction (:mod:`recbert.training.attributes`);
+* ``next_item_attributes``: next-item plus the same attribute prediction, causal;
 * ``next_item_contrastive``: next-item plus DuoRec's same-target InfoNCE
   (:mod:`recbert.training.contrastive`).
 
@@ -124,26 +125,43 @@ class NextItemObjective(WindowObjective):
             yield next_item_pairs(rows)
 
 
-class MaskedItemAttributeObjective(MaskedItemObjective):
-    """Cloze plus the item-attribute objectives of :mod:`recbert.training.attributes`
-    (masked positions and batch items predict their attributes), weighted by
-    ``stage.attribute_weight``; needs item side features."""
+class AttributeTargets:
+    """The item-attribute objectives of :mod:`recbert.training.attributes` beside an item
+    objective's catalogue loss (its part named ``item_part``): each target position's output
+    predicts the target item's attributes, each batch item's embedding its own; weighted by
+    ``stage.attribute_weight``. Needs item side features."""
+
+    item_part = "cloze"
 
     @classmethod
     def check(cls, name: str, config: ModelConfig) -> None:
         if not config.feature_cardinalities:
-            raise ConfigError(f"{name}.objective = 'mlm_attributes' needs item side features: set "
+            objective = next(key for key, value in OBJECTIVES.items() if value is cls)
+            raise ConfigError(f"{name}.objective = {objective!r} needs item side features: set "
                               "data.item_features and data.item_feature_columns (e.g. the items.parquet of "
                               "`recbert import s3rec --attributes`)")
 
     def target_loss(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor,
                     hidden: torch.Tensor, targets: torch.Tensor) -> StepLoss:
         core = unwrap(model)
-        cloze = self.loss_fn(hidden, targets, core.scorer)
+        items = self.loss_fn(hidden, targets, core.scorer)
         parts = attribute_losses(core.embeddings, hidden, targets, batch_items(inputs, labels, self.n_items))
-        total = cloze + self.stage.attribute_weight * (parts["masked_attributes"] + parts["item_attributes"])
-        return StepLoss(total, n=len(inputs), parts={"cloze": cloze.detach(),
+        total = items + self.stage.attribute_weight * (parts["masked_attributes"] + parts["item_attributes"])
+        return StepLoss(total, n=len(inputs), parts={self.item_part: items.detach(),
                                                      **{k: v.detach() for k, v in parts.items()}})
+
+
+class MaskedItemAttributeObjective(AttributeTargets, MaskedItemObjective):
+    """Cloze plus the item-attribute objectives (S3-Rec's MAP and AAP): a masked position
+    predicts the hidden item's attributes."""
+
+
+class NextItemAttributeObjective(AttributeTargets, NextItemObjective):
+    """Causal next-item prediction plus the item-attribute objectives: each position
+    predicts the attributes of the item that comes next (the causal counterpart of
+    ``mlm_attributes``, with the attention pattern of next-item fine-tuning)."""
+
+    item_part = "next_item"
 
 
 class NextItemContrastiveObjective(NextItemObjective):
@@ -195,6 +213,7 @@ class NextItemContrastiveObjective(NextItemObjective):
 
 OBJECTIVES: dict[str, type[WindowObjective]] = {"mlm": MaskedItemObjective, "next_item": NextItemObjective,
                                                 "mlm_attributes": MaskedItemAttributeObjective,
+                                                "next_item_attributes": NextItemAttributeObjective,
                                                 "next_item_contrastive": NextItemContrastiveObjective}
 
 

@@ -14,6 +14,7 @@ from recbert.errors import ConfigError
 from recbert.evaluation.ranking import evaluate_ranking
 from recbert.model.recommender import SequenceRecommender
 from recbert.training.attributes import attribute_loss, attribute_losses, batch_items
+from recbert.training.objectives import build_objective
 from recbert.training.trainer import train_stage
 
 
@@ -82,27 +83,33 @@ def hr10(objective, cluster_of, seed=0):
     return evaluate_ranking(model, splits.test, EVAL)["unseen/hr@10"], parts
 
 
-def test_attribute_objectives_learn_from_attributes_and_the_gain_vanishes_when_shuffled():
+@pytest.mark.parametrize("objective, plain_objective, item_part, margin", [
+    ("mlm_attributes", "mlm", "cloze", 0.2),
+    ("next_item_attributes", "next_item", "next_item", 0.1),  # the causal counterpart
+])
+def test_attribute_objectives_learn_from_attributes_and_the_gain_vanishes_when_shuffled(
+        objective, plain_objective, item_part, margin):
     true = np.repeat(np.arange(CLUSTERS), PER_CLUSTER)
     shuffled = np.random.default_rng(1).permutation(true)
-    with_attr, parts = hr10("mlm_attributes", true)
-    plain, _ = hr10("mlm", true)
-    shuffled_attr, _ = hr10("mlm_attributes", shuffled)
+    with_attr, parts = hr10(objective, true)
+    plain, _ = hr10(plain_objective, true)
+    shuffled_attr, _ = hr10(objective, shuffled)
     chance = 10 / (CLUSTERS * PER_CLUSTER)
-    assert {"train/cloze", "train/masked_attributes", "train/item_attributes"} <= set(parts)
+    assert {f"train/{item_part}", "train/masked_attributes", "train/item_attributes"} <= set(parts)
     assert with_attr > 0.8 > 10 * chance, with_attr  # the cluster's unseen items on top
-    assert with_attr > plain + 0.2, (with_attr, plain)
+    assert with_attr > plain + margin, (with_attr, plain)
     assert shuffled_attr < plain + 0.05, (shuffled_attr, plain)  # no signal, no gain
 
 
-def test_attribute_objective_needs_side_features():
+@pytest.mark.parametrize("objective", ["mlm_attributes", "next_item_attributes"])
+def test_attribute_objective_needs_side_features(objective):
     events = clustered(n_users=20)
     vocab = ItemVocab.build(events["item_id"])
     splits = leave_one_out(build_sequences(events, vocab, 2))
     model = SequenceRecommender(ModelConfig(hidden=16, layers=1, heads=2, intermediate=32, max_len=8,
                                             n_tokens=len(vocab)))
-    with pytest.raises(ConfigError, match="pretrain.objective = 'mlm_attributes' needs item side features"):
-        train_stage(model, splits, StageConfig(objective="mlm_attributes", epochs=1), EVAL, name="pretrain")
+    with pytest.raises(ConfigError, match=f"pretrain.objective = '{objective}' needs item side features"):
+        train_stage(model, splits, StageConfig(objective=objective, epochs=1), EVAL, name="pretrain")
 
 
 def test_attribute_losses_give_gradients_to_encoder_items_and_attributes():
@@ -119,3 +126,26 @@ def test_attribute_losses_give_gradients_to_encoder_items_and_attributes():
     assert model.embeddings.features["cluster"].weight.grad.abs().sum() > 0
     assert model.embeddings.item.weight.grad[N_SPECIAL + 4].abs().sum() > 0
     assert model.encoder.layers[0].attention.qkv.weight.grad.abs().sum() > 0
+
+
+def test_next_item_attribute_objective_is_causal_and_its_attribute_part_reaches_the_attribute_table():
+    events = clustered(n_users=20)
+    vocab = ItemVocab.build(events["item_id"])
+    splits = leave_one_out(build_sequences(events, vocab, 2))
+    model = model_with_attributes(vocab, np.repeat(np.arange(CLUSTERS), PER_CLUSTER))
+    objective = build_objective("train", StageConfig(objective="next_item_attributes", batch_size=8), model,
+                                splits.train)
+    assert objective.causal
+    inputs, labels = next(iter(objective.batches(0)))
+    assert (labels[:, :-1][inputs[:, 1:] > 0] == inputs[:, 1:][inputs[:, 1:] > 0]).all()  # shifted by one
+    step = objective.loss(model, (inputs, labels))
+    assert set(step.parts) == {"next_item", "masked_attributes", "item_attributes"}
+    assert step.total.item() == pytest.approx(sum(v.item() for v in step.parts.values()), rel=1e-5)
+    step.total.backward()
+    assert model.embeddings.features["cluster"].weight.grad.abs().sum() > 0
+    # the future never reaches a position: the first position's loss ignores what follows it
+    altered = inputs.clone()
+    altered[:, 1:] = torch.where(altered[:, 1:] > 0, N_SPECIAL, altered[:, 1:])
+    model.eval()
+    assert torch.allclose(model(inputs, causal=True).sequence_output[:, 0],
+                          model(altered, causal=True).sequence_output[:, 0], atol=1e-6)
