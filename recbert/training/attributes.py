@@ -1,8 +1,10 @@
-"""Item-attribute objectives of pretraining (after S3-Rec's AAP and MAP), added to the
-cloze loss by the ``mlm_attributes`` objective (:mod:`recbert.training.objectives`):
+"""Item-attribute objectives (after S3-Rec's AAP and MAP), added to the item loss by the
+``mlm_attributes`` (cloze) and ``next_item_attributes`` (causal) objectives
+(:mod:`recbert.training.objectives`):
 
-* masked attribute prediction: the encoder's output at a masked position predicts the
-  attributes of the hidden item (what the context says about it);
+* masked attribute prediction: the encoder's output at a target position (a masked one, or
+  the one before the next item) predicts the attributes of the target item (what the
+  context says about it);
 * item attribute prediction: each batch item's embedding predicts its own attributes.
 
 Scores are dot products with the attribute embeddings the encoder's input already adds

@@ -1,5 +1,6 @@
 """Item-attribute objectives: shapes and gradients, and a generated task on which the
-attributes carry the signal (the gain over plain cloze must vanish when they are shuffled)."""
+attributes carry the signal (the gain over plain cloze or next-item must vanish when they are
+shuffled)."""
 
 import numpy as np
 import polars as pl
