@@ -127,11 +127,10 @@ class NextItemObjective(WindowObjective):
 
 class AttributeTargets:
     """The item-attribute objectives of :mod:`recbert.training.attributes` beside an item
-    objective's catalogue loss (its part named ``item_part``): each target position's output
-    predicts the target item's attributes, each batch item's embedding its own; weighted by
-    ``stage.attribute_weight``. Needs item side features."""
-
-    item_part = "cloze"
+    objective's catalogue loss (its part named ``next_item`` or ``cloze`` after the objective's
+    attention): each target position's output predicts the target item's attributes, each
+    batch item's embedding its own; weighted by ``stage.attribute_weight``. Needs item side
+    features."""
 
     @classmethod
     def check(cls, name: str, config: ModelConfig) -> None:
@@ -147,7 +146,7 @@ class AttributeTargets:
         items = self.loss_fn(hidden, targets, core.scorer)
         parts = attribute_losses(core.embeddings, hidden, targets, batch_items(inputs, labels, self.n_items))
         total = items + self.stage.attribute_weight * (parts["masked_attributes"] + parts["item_attributes"])
-        return StepLoss(total, n=len(inputs), parts={self.item_part: items.detach(),
+        return StepLoss(total, n=len(inputs), parts={"next_item" if self.causal else "cloze": items.detach(),
                                                      **{k: v.detach() for k, v in parts.items()}})
 
 
@@ -160,8 +159,6 @@ class NextItemAttributeObjective(AttributeTargets, NextItemObjective):
     """Causal next-item prediction plus the item-attribute objectives: each position
     predicts the attributes of the item that comes next (the causal counterpart of
     ``mlm_attributes``, with the attention pattern of next-item fine-tuning)."""
-
-    item_part = "next_item"
 
 
 class NextItemContrastiveObjective(NextItemObjective):

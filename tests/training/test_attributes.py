@@ -144,7 +144,7 @@ def test_next_item_attribute_objective_is_causal_and_its_attribute_part_reaches_
     assert step.total.item() == pytest.approx(sum(v.item() for v in step.parts.values()), rel=1e-5)
     step.total.backward()
     assert model.embeddings.features["cluster"].weight.grad.abs().sum() > 0
-    # the future never reaches a position: the first position's loss ignores what follows it
+    # the future never reaches a position: the first position's output ignores what follows it
     altered = inputs.clone()
     altered[:, 1:] = torch.where(altered[:, 1:] > 0, N_SPECIAL, altered[:, 1:])
     model.eval()
