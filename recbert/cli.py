@@ -460,7 +460,7 @@ def ablate_cmd(config, overrides, no_mlflow) -> None:
 # -- runs in the MLflow store ---------------------------------------------------------------
 @cli.group("runs")
 def runs_group() -> None:
-    """The runs of the MLflow store ($MLFLOW_TRACKING_URI, else mlruns/): list, show, doctor."""
+    """The runs of the MLflow store ($MLFLOW_TRACKING_URI, else mlruns/): list, show, compare, doctor."""
 
 
 @runs_group.command("list")
@@ -481,6 +481,21 @@ def runs_show(run_id) -> None:
     from recbert.runs import show_run
 
     click.echo(show_run(run_id))
+
+
+@runs_group.command("compare")
+@click.argument("baseline")
+@click.argument("candidate")
+@click.option("-m", "--metric", "metrics", multiple=True,
+              help="A metric to compare (repeatable; 'val' = the selecting stage's best validation). "
+                   "Default: val, test and test_selected NDCG@10 / HR@10 (unseen), test/all NDCG@10, "
+                   "time/total_seconds.")
+def runs_compare(baseline, candidate, metrics) -> None:
+    """Two experiments' finished train runs paired by seed: per metric each arm's mean ± std,
+    the paired difference's mean ± std, per seed, and mean/std."""
+    from recbert.comparison import DEFAULT_METRICS, compare_experiments
+
+    click.echo(compare_experiments(baseline, candidate, metrics or DEFAULT_METRICS).format())
 
 
 @runs_group.command("doctor")

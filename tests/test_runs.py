@@ -54,6 +54,8 @@ def test_runs_get_distinct_names_and_the_tags_of_where_they_ran(mlflow_uri, tmp_
     assert tags["recbert.host"] == socket.gethostname() and tags["recbert.torch_version"]
     assert tags["recbert.job"] == "train" and tags["recbert.device"] == "cpu" and int(tags["recbert.threads"]) >= 1
     assert len(set(names)) == 2  # the seeded generators do not draw them
+    history = MlflowClient(mlflow_uri).get_metric_history(ids[0], "val/all/ndcg_at_10")  # the selection protocol
+    assert runs[0].data.metrics["train/best_score"] == max(m.value for m in history)  # what `runs compare` reads
     dataset = runs[0].inputs.dataset_inputs[0]  # MLflow's Datasets view: path and content digest
     assert dataset.dataset.name == tmp_path.name and dataset.dataset.digest == file_sha256(events)[:32]
     assert str(events) in dataset.dataset.source and dataset.tags[0].value == "training"

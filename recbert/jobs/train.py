@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -255,6 +256,8 @@ def test_and_save(model: SequenceRecommender, vocab: ItemVocab, test_seqs, test:
     for r in results:
         summary[f"time/{r.name}_seconds"] = r.seconds
         summary[f"{r.name}/best_epoch"] = r.best_epoch
+        if math.isfinite(r.best_score):  # what selection saw: `recbert runs compare` reads it
+            summary[f"{r.name}/best_score"] = r.best_score
         if r.train_seconds:
             summary[f"{r.name}/mean_epoch_seconds"] = r.train_seconds / r.epochs_run
     tracker.log_metrics(summary, step)

@@ -1,0 +1,157 @@
+"""Paired comparison of two MLflow experiments (`recbert runs compare BASELINE CANDIDATE`):
+the finished train runs of each, paired by their ``seed`` param, and for each metric the
+per-seed values, each arm's mean ± std, and the mean ± std of the paired differences with
+their ratio (how many stds the mean difference is from zero). This is the table BENCHMARKS.md
+reports for an ablation row or a pretraining gain, read from the store instead of copied by
+hand. Std is the sample std (ddof 1), as in ``benchmarks/quality.py``.
+
+The pseudo-metric ``val`` is the best validation score (``eval.select_metric`` under the
+selection protocol) of the stage that chose the model: the last stage before a refit, e.g.
+``train`` after ``pretrain``. Runs log it as ``<stage>/best_score``; for older runs it is the
+best validation logged while that stage trained."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from recbert.config import TrackingConfig
+from recbert.errors import ConfigError
+from recbert.runs import _experiments
+from recbert.tracking import _client, metric_key
+
+VAL = "val"
+DEFAULT_METRICS = (VAL, "test/unseen/ndcg_at_10", "test/unseen/hr_at_10", "test_selected/unseen/ndcg_at_10",
+                   "test_selected/unseen/hr_at_10", "test/all/ndcg_at_10", "time/total_seconds")
+
+
+@dataclass
+class Arm:
+    """One experiment's runs, by seed (the newest finished run of each seed)."""
+    experiment: str
+    runs: dict[int, str]  # seed -> run id
+    values: dict[int, dict[str, float]]  # seed -> metric -> value
+    ignored: list[str] = field(default_factory=list)  # older runs of a seed that has a newer one
+
+
+@dataclass
+class MetricRow:
+    metric: str
+    seeds: list[int]  # the paired seeds that have the metric in both arms
+    baseline: list[float]
+    candidate: list[float]
+
+    @property
+    def differences(self) -> list[float]:
+        return [c - b for b, c in zip(self.baseline, self.candidate)]
+
+
+@dataclass
+class Comparison:
+    baseline: Arm
+    candidate: Arm
+    seeds: list[int]  # seeds run in both
+    rows: list[MetricRow]
+
+    def format(self) -> str:
+        """A markdown table (one row per metric) and the runs it read."""
+        head = (f"| metric | {self.baseline.experiment} | {self.candidate.experiment} | "
+                "difference (candidate - baseline) | per seed | difference / std |")
+        lines = [head, "|---|---|---|---|---|---|"]
+        for r in self.rows:
+            d = r.differences
+            ratio = _ratio(d)
+            lines.append(f"| {r.metric} | {_mean_std(r.baseline)} | {_mean_std(r.candidate)} | "
+                         f"{_mean_std(d, signed=True)} | {', '.join(_mean_std([x], signed=True) for x in d) or '-'} | "
+                         f"{'-' if ratio is None else f'{ratio:+.1f}'} |")
+        lines.append("")
+        for arm in (self.baseline, self.candidate):
+            lines.append(f"{arm.experiment}: " + ", ".join(f"seed {s} {arm.runs[s][:8]}" for s in sorted(arm.runs)))
+            if arm.ignored:
+                lines.append(f"  (older runs of the same seeds left out: {', '.join(i[:8] for i in arm.ignored)})")
+        unpaired = sorted(set(self.baseline.runs) ^ set(self.candidate.runs))
+        if unpaired:
+            lines.append(f"seeds in one experiment only (left out): {unpaired}")
+        return "\n".join(lines)
+
+
+def compare_experiments(baseline: str, candidate: str, metrics: Sequence[str] = DEFAULT_METRICS,
+                        tracking: TrackingConfig = TrackingConfig()) -> Comparison:
+    """Pair the finished train runs of two experiments by seed and compare ``metrics``."""
+    client, _ = _client(tracking)
+    arms = [_arm(client, name, metrics) for name in (baseline, candidate)]
+    seeds = sorted(set(arms[0].runs) & set(arms[1].runs))
+    if not seeds:
+        raise ConfigError(f"experiments {baseline!r} (seeds {sorted(arms[0].runs)}) and {candidate!r} "
+                          f"(seeds {sorted(arms[1].runs)}) have no finished train run with a common seed")
+    rows = []
+    for m in metrics:
+        both = [s for s in seeds if m in arms[0].values[s] and m in arms[1].values[s]]
+        rows.append(MetricRow(m, both, [arms[0].values[s][m] for s in both], [arms[1].values[s][m] for s in both]))
+    return Comparison(arms[0], arms[1], seeds, rows)
+
+
+def _arm(client, experiment: str, metrics: Sequence[str]) -> Arm:
+    ids = _experiments(client, experiment)
+    runs = client.search_runs(list(ids), filter_string="attributes.status = 'FINISHED' and tags.`recbert.job` = 'train'",
+                              order_by=["attributes.start_time DESC"], max_results=10_000)
+    arm = Arm(experiment, {}, {})
+    for run in runs:
+        if "mlflow.parentRunId" in run.data.tags:
+            continue
+        if "seed" not in run.data.params:
+            raise ConfigError(f"run {run.info.run_id} of experiment {experiment!r} has no 'seed' param to pair by")
+        seed = int(run.data.params["seed"])
+        if seed in arm.runs:  # newest first: an older run of the seed
+            arm.ignored.append(run.info.run_id)
+            continue
+        arm.runs[seed] = run.info.run_id
+        values = {m: run.data.metrics[m] for m in metrics if m in run.data.metrics}
+        if VAL in metrics:
+            best = selected_validation(client, run)
+            if best is not None:
+                values[VAL] = best
+        arm.values[seed] = values
+    if not arm.runs:
+        raise ConfigError(f"experiment {experiment!r} has no finished train run")
+    return arm
+
+
+def selected_validation(client, run) -> Optional[float]:
+    """The best validation score of the stage that chose the run's model (the last stage
+    before a refit), or None when it never validated."""
+    metrics = run.data.metrics
+    stages = [k.removesuffix("/loss") for k in metrics if k.endswith("/loss") and k.count("/") == 1
+              and not k.startswith("refit_")]
+    if not stages:
+        return None
+    steps = {s: [m.step for m in client.get_metric_history(run.info.run_id, f"{s}/loss")] for s in stages}
+    stage = max(stages, key=lambda s: max(steps[s], default=-1))
+    logged = metrics.get(f"{stage}/best_score")
+    if logged is not None:
+        return logged if math.isfinite(logged) else None
+    params = run.data.params
+    protocol = "unseen" if params.get("eval.exclude_seen") == "True" else "all"
+    key = f"val/{protocol}/{metric_key(params.get('eval.select_metric', 'ndcg@10'))}"
+    within = set(steps[stage])
+    scores = [m.value for m in client.get_metric_history(run.info.run_id, key) if m.step in within]
+    return max(scores) if scores else None
+
+
+def _mean_std(values: list[float], signed: bool = False) -> str:
+    if not values:
+        return "n/a"
+    places = 4 if max(abs(v) for v in values) < 10 else 1  # scores to 4 places, seconds to 1
+    sign = "+" if signed else ""
+    if len(values) == 1:
+        return f"{values[0]:{sign}.{places}f}"
+    return f"{statistics.mean(values):{sign}.{places}f} ± {statistics.stdev(values):.{places}f}"
+
+
+def _ratio(differences: list[float]) -> Optional[float]:
+    if len(differences) < 2:
+        return None
+    sd = statistics.stdev(differences)
+    return statistics.mean(differences) / sd if sd > 0 else None
