@@ -10,7 +10,8 @@ time and peak RSS.
 ``--compare-pretraining`` trains each seed twice: as configured (with its pretraining stage)
 and with ``pretrain.epochs = 0`` and ``train.max_minutes`` = the first variant's whole
 budget (its pretrain + train ``max_minutes``), then prints the per-seed paired differences
-of the test metrics with their mean and sample std.
+of the best validation and the test metrics with their mean and sample std (the table of
+``recbert runs compare``, :mod:`recbert.comparison`).
 
 ``--data`` takes any file in the S3-Rec format (one user per line: ``user item item ...``
 in time order); its ``<name>_item2attributes.json`` beside it is used when present (or
@@ -40,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from recbert.jobs.train import run_training  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
+from recbert.comparison import MetricRow, paired_table, selecting_score  # noqa: E402
 from recbert.allocator import allocator_name, reexec_with_fast_allocator  # noqa: E402
 from recbert.data.importers import import_movielens_100k, import_s3rec  # noqa: E402
 
@@ -162,18 +164,17 @@ def main() -> None:
         if "test_selected/all/mrr" in rows[0]:
             print("\ntest of the validation-selected model, before the refit:\n"
                   + "\n".join(table(rows, "test_selected")))
-        best = [max((s.best_score for s in r.stages if s.best_epoch), default=float("nan")) for r in results]
+        best = [selecting_score(r.stages) for r in results]
         print(f"best validation score per seed (selection metric): {', '.join(f'{b:.4f}' for b in best)}")
     if args.compare_pretraining:
-        print("\n### pretrained minus next-item only, paired by seed (mean ± sample std)")
-        print("| metric | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std | mean / std |")
-        print("|---|" + "---|" * (len(seeds) + 2))
-        for key in ("test/unseen/ndcg@10", "test/unseen/hr@10", "test/all/ndcg@10", "test/all/hr@10"):
-            diffs = [a.test_metrics[key] - b.test_metrics[key]
-                     for a, b in zip(runs["pretrained"], runs["next-item only"])]
-            ratio = statistics.mean(diffs) / statistics.stdev(diffs) if len(diffs) > 1 and statistics.stdev(diffs) \
-                else float("nan")
-            print(f"| {key} | " + " | ".join(f"{d:+.4f}" for d in diffs) + f" | {mean_std(diffs)} | {ratio:.1f} |")
+        pre, alone = runs["pretrained"], runs["next-item only"]
+        rows = [MetricRow("val", seeds, [selecting_score(r.stages) for r in alone],
+                          [selecting_score(r.stages) for r in pre])]
+        rows += [MetricRow(key, seeds, [r.test_metrics[key] for r in alone], [r.test_metrics[key] for r in pre])
+                 for key in ("test/unseen/ndcg@10", "test/unseen/hr@10", "test/all/ndcg@10", "test/all/hr@10")]
+        print(f"\n### pretrained minus next-item only, paired by seed {seeds} (sample std)")
+        print(paired_table(rows, "next-item only", "pretrained"))
+
 
 if __name__ == "__main__":
     reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs (recbert.allocator)

@@ -21,6 +21,7 @@ from recbert.config import TrackingConfig
 from recbert.errors import ConfigError
 from recbert.runs import _experiments
 from recbert.tracking import _client, metric_key
+from recbert.training.loop import FitResult
 
 VAL = "val"
 DEFAULT_METRICS = (VAL, "test/unseen/ndcg_at_10", "test/unseen/hr_at_10", "test_selected/unseen/ndcg_at_10",
@@ -57,16 +58,7 @@ class Comparison:
 
     def format(self) -> str:
         """A markdown table (one row per metric) and the runs it read."""
-        head = (f"| metric | {self.baseline.experiment} | {self.candidate.experiment} | "
-                "difference (candidate - baseline) | per seed | difference / std |")
-        lines = [head, "|---|---|---|---|---|---|"]
-        for r in self.rows:
-            d = r.differences
-            ratio = _ratio(d)
-            lines.append(f"| {r.metric} | {_mean_std(r.baseline)} | {_mean_std(r.candidate)} | "
-                         f"{_mean_std(d, signed=True)} | {', '.join(_mean_std([x], signed=True) for x in d) or '-'} | "
-                         f"{'-' if ratio is None else f'{ratio:+.1f}'} |")
-        lines.append("")
+        lines = [paired_table(self.rows, self.baseline.experiment, self.candidate.experiment), ""]
         for arm in (self.baseline, self.candidate):
             lines.append(f"{arm.experiment}: " + ", ".join(f"seed {s} {arm.runs[s][:8]}" for s in sorted(arm.runs)))
             if arm.ignored:
@@ -75,6 +67,27 @@ class Comparison:
         if unpaired:
             lines.append(f"seeds in one experiment only (left out): {unpaired}")
         return "\n".join(lines)
+
+
+def paired_table(rows: Sequence[MetricRow], baseline: str, candidate: str) -> str:
+    """The markdown table of paired rows: each arm's mean ± std, the differences' mean ±
+    std, each seed's difference and mean / std."""
+    lines = [f"| metric | {baseline} | {candidate} | difference (candidate - baseline) | per seed | "
+             "difference / std |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        d = r.differences
+        ratio = _ratio(d)
+        lines.append(f"| {r.metric} | {_mean_std(r.baseline)} | {_mean_std(r.candidate)} | "
+                     f"{_mean_std(d, signed=True)} | {', '.join(_mean_std([x], signed=True) for x in d) or '-'} | "
+                     f"{'-' if ratio is None else f'{ratio:+.1f}'} |")
+    return "\n".join(lines)
+
+
+def selecting_score(stages: Sequence[FitResult]) -> float:
+    """The best validation score of the stage that chose a training's model: the last stage
+    that is not a refit (NaN when it never validated)."""
+    chosen = [s for s in stages if not s.name.startswith("refit_")]
+    return chosen[-1].best_score if chosen else math.nan
 
 
 def compare_experiments(baseline: str, candidate: str, metrics: Sequence[str] = DEFAULT_METRICS,

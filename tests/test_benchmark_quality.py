@@ -46,6 +46,8 @@ def test_quality_benchmark_runs_the_recipe_on_any_s3rec_file_and_compares_pretra
     assert "test of the validation-selected model, before the refit" in out
     diff_rows = [line for line in out.splitlines() if line.startswith("| test/unseen/ndcg@10 |")]
     assert len(diff_rows) == 1 and " ± " in diff_rows[0]
+    assert "| metric | next-item only | pretrained | difference (candidate - baseline) |" in out
+    assert sum(line.startswith("| val | ") for line in out.splitlines()) == 1  # the selecting stages' best
     # the next-item-only variant got the pretrained variant's whole budget (1 + 1 minutes)
     assert out.count("next-item only, seed") == 2
 
