@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from recbert.config import TrackingConfig
 from recbert.errors import ConfigError
-from recbert.runs import _experiments
+from recbert.runs import experiment_names
 from recbert.tracking import _client, metric_key
 from recbert.training.loop import FitResult
 
@@ -107,7 +107,7 @@ def compare_experiments(baseline: str, candidate: str, metrics: Sequence[str] = 
 
 
 def _arm(client, experiment: str, metrics: Sequence[str]) -> Arm:
-    ids = _experiments(client, experiment)
+    ids = experiment_names(client, experiment)
     runs = client.search_runs(list(ids), filter_string="attributes.status = 'FINISHED' and tags.`recbert.job` = 'train'",
                               order_by=["attributes.start_time DESC"], max_results=10_000)
     arm = Arm(experiment, {}, {})

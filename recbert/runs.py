@@ -45,7 +45,9 @@ def _row(run, experiments: dict[str, str]) -> RunRow:
                   dict(run.data.metrics), dict(run.data.tags))
 
 
-def _experiments(client, experiment: Optional[str]) -> dict[str, str]:
+def experiment_names(client, experiment: Optional[str]) -> dict[str, str]:
+    """Experiment id -> name: every experiment's, or the one named ``experiment`` (a
+    ConfigError listing the store's names when it has none of that name)."""
     if experiment is None:
         return {e.experiment_id: e.name for e in client.search_experiments()}
     found = client.get_experiment_by_name(experiment)
@@ -61,7 +63,7 @@ def list_runs(tracking: TrackingConfig = TrackingConfig(), experiment: Optional[
     if limit < 1:
         raise ConfigError(f"the number of runs to list must be >= 1, got {limit}")
     client, _ = _client(tracking)
-    experiments = _experiments(client, experiment)
+    experiments = experiment_names(client, experiment)
     where = f"attributes.status = '{status.upper()}'" if status else ""
     runs = client.search_runs(list(experiments), filter_string=where, order_by=["attributes.start_time DESC"],
                               max_results=limit * 4)
@@ -90,7 +92,7 @@ def show_run(run_id: str, tracking: TrackingConfig = TrackingConfig()) -> str:
         run = client.get_run(run_id)
     except Exception:
         raise CheckpointError(f"no MLflow run {run_id!r} in {uri}") from None
-    experiments = _experiments(client, None)
+    experiments = experiment_names(client, None)
     row = _row(run, experiments)
     lines = [f"run {row.run_id}  {row.name}", f"experiment  {row.experiment}", f"status      {row.status}",
              f"started     {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(row.start))} UTC",
@@ -117,7 +119,7 @@ def find_stale_runs(tracking: TrackingConfig = TrackingConfig(), experiment: Opt
     """RUNNING runs whose process on this host is gone, and RUNNING runs of other hosts
     (which cannot be checked from here)."""
     client, _ = _client(tracking)
-    experiments = _experiments(client, experiment)
+    experiments = experiment_names(client, experiment)
     runs = client.search_runs(list(experiments), filter_string="attributes.status = 'RUNNING'", max_results=10_000)
     stale, elsewhere = [], []
     host = socket.gethostname()
