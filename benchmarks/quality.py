@@ -11,7 +11,7 @@ time and peak RSS.
 and with ``pretrain.epochs = 0`` and ``train.max_minutes`` = the first variant's whole
 budget (its pretrain + train ``max_minutes``), then prints the per-seed paired differences
 of the best validation and the test metrics with their mean and sample std (the table of
-``recbert runs compare``, :mod:`recbert.comparison`).
+``recbert runs compare``, :mod:`recbert.evaluation.comparison`).
 
 ``--data`` takes any file in the S3-Rec format (one user per line: ``user item item ...``
 in time order); its ``<name>_item2attributes.json`` beside it is used when present (or
@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from recbert.jobs.train import run_training  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
-from recbert.comparison import MetricRow, paired_table, selecting_score  # noqa: E402
+from recbert.evaluation.comparison import MetricRow, paired_table, selecting_score  # noqa: E402
 from recbert.allocator import allocator_name, reexec_with_fast_allocator  # noqa: E402
 from recbert.data.importers import import_movielens_100k, import_s3rec  # noqa: E402
 

@@ -493,7 +493,7 @@ def runs_show(run_id) -> None:
 def runs_compare(baseline, candidate, metrics) -> None:
     """Two experiments' finished train runs paired by seed: per metric each arm's mean ± std,
     the paired difference's mean ± std, per seed, and mean/std."""
-    from recbert.comparison import DEFAULT_METRICS, compare_experiments
+    from recbert.evaluation.comparison import DEFAULT_METRICS, compare_experiments
 
     click.echo(compare_experiments(baseline, candidate, metrics or DEFAULT_METRICS).format())
 

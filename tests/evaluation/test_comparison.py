@@ -8,7 +8,7 @@ import statistics
 
 import pytest
 
-from recbert.comparison import VAL, compare_experiments
+from recbert.evaluation.comparison import VAL, compare_experiments
 from recbert.errors import ConfigError
 from tests.jobs.test_train import run_cli
 

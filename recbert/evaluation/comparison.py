@@ -21,7 +21,6 @@ from recbert.config import TrackingConfig
 from recbert.errors import ConfigError
 from recbert.runs import experiment_names
 from recbert.tracking import _client, metric_key
-from recbert.training.loop import FitResult
 
 VAL = "val"
 DEFAULT_METRICS = (VAL, "test/unseen/ndcg_at_10", "test/unseen/hr_at_10", "test_selected/unseen/ndcg_at_10",
@@ -83,9 +82,10 @@ def paired_table(rows: Sequence[MetricRow], baseline: str, candidate: str) -> st
     return "\n".join(lines)
 
 
-def selecting_score(stages: Sequence[FitResult]) -> float:
+def selecting_score(stages: Sequence) -> float:
     """The best validation score of the stage that chose a training's model: the last stage
-    that is not a refit (NaN when it never validated)."""
+    that is not a refit (NaN when it never validated). ``stages``: a training's stage
+    results (``training.loop.FitResult``: ``name``, ``best_score``)."""
     chosen = [s for s in stages if not s.name.startswith("refit_")]
     return chosen[-1].best_score if chosen else math.nan
 
