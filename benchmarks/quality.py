@@ -28,7 +28,6 @@ import hashlib
 import logging
 import platform
 import resource
-import statistics
 import sys
 import time
 from datetime import datetime, timezone
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from recbert.jobs.train import run_training  # noqa: E402
 from recbert.config import RunConfig  # noqa: E402
-from recbert.evaluation.comparison import MetricRow, paired_table, selecting_score  # noqa: E402
+from recbert.evaluation.comparison import MetricRow, mean_std_text, paired_table, selecting_score  # noqa: E402
 from recbert.allocator import allocator_name, reexec_with_fast_allocator  # noqa: E402
 from recbert.data.importers import import_movielens_100k, import_s3rec  # noqa: E402
 
@@ -74,13 +73,6 @@ def run_overrides(data_dir: Path) -> list[str]:
     return sets
 
 
-def mean_std(values: list[float]) -> str:
-    """Mean ± sample std (ddof 1) over seeds."""
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def budget_minutes(cfg: RunConfig) -> float:
     """The whole training budget of a config: its stages' ``max_minutes`` (refits excluded)."""
     stages = [s for s in (cfg.pretrain, cfg.train) if s.epochs]
@@ -94,7 +86,7 @@ def table(rows: list[dict[str, float]], prefix: str) -> list[str]:
     for p in PROTOCOLS:
         if f"{prefix}/{p}/mrr" not in rows[0]:
             continue
-        cells = [mean_std([r[f"{prefix}/{p}/{c}"] for r in rows]) for c in COLUMNS]
+        cells = [mean_std_text([r[f"{prefix}/{p}/{c}"] for r in rows]) for c in COLUMNS]
         out.append(f"| {p} | " + " | ".join(cells) + " |")
     return out
 

@@ -17,7 +17,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from recbert.config import TrackingConfig
+from recbert.config import EvalConfig, TrackingConfig
+from recbert.evaluation.ranking import selection_protocol
 from recbert.errors import ConfigError
 from recbert.runs import experiment_names
 from recbert.tracking import _client, metric_key
@@ -76,8 +77,8 @@ def paired_table(rows: Sequence[MetricRow], baseline: str, candidate: str) -> st
     for r in rows:
         d = r.differences
         ratio = _ratio(d)
-        lines.append(f"| {r.metric} | {_mean_std(r.baseline)} | {_mean_std(r.candidate)} | "
-                     f"{_mean_std(d, signed=True)} | {', '.join(_mean_std([x], signed=True) for x in d) or '-'} | "
+        lines.append(f"| {r.metric} | {mean_std_text(r.baseline)} | {mean_std_text(r.candidate)} | "
+                     f"{mean_std_text(d, signed=True)} | {', '.join(mean_std_text([x], signed=True) for x in d) or '-'} | "
                      f"{'-' if ratio is None else f'{ratio:+.1f}'} |")
     return "\n".join(lines)
 
@@ -146,14 +147,16 @@ def selected_validation(client, run) -> Optional[float]:
     if logged is not None:
         return logged if math.isfinite(logged) else None
     params = run.data.params
-    protocol = "unseen" if params.get("eval.exclude_seen") == "True" else "all"
+    protocol = selection_protocol(EvalConfig(exclude_seen=params.get("eval.exclude_seen") == "True"))
     key = f"val/{protocol}/{metric_key(params.get('eval.select_metric', 'ndcg@10'))}"
     within = set(steps[stage])
     scores = [m.value for m in client.get_metric_history(run.info.run_id, key) if m.step in within]
     return max(scores) if scores else None
 
 
-def _mean_std(values: list[float], signed: bool = False) -> str:
+def mean_std_text(values: Sequence[float], signed: bool = False) -> str:
+    """``'0.0685 ± 0.0001'``: mean ± sample std (ddof 1) of values over seeds; one value
+    alone; 4 places for scores, 1 for values of 10 and above (seconds); ``'n/a'`` for none."""
     if not values:
         return "n/a"
     places = 4 if max(abs(v) for v in values) < 10 else 1  # scores to 4 places, seconds to 1
