@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
+from recbert.data.augmentations import AUGMENTATIONS
 from recbert.errors import ConfigError
 from recbert.model.blocks import REUSE_BLOCKS
 from recbert.model.fusion import FUSIONS, POOL_KINDS
@@ -27,13 +28,15 @@ from recbert.training.losses import LOSSES, SAMPLERS
 
 # Choices come from the registries of the modules that build them: a new fusion, reuse
 # block or loss is added there and appears here (validation, CLI, ablation grids).
-Objective = Literal["mlm", "next_item", "mlm_attributes", "next_item_attributes", "next_item_contrastive"]
+Objective = Literal["mlm", "next_item", "mlm_attributes", "next_item_attributes", "next_item_contrastive",
+                    "next_item_augmented"]
 Attention = Literal["bidirectional", "causal"]
 FusionKind = Literal[tuple(FUSIONS)]
 ReuseBlock = Literal[tuple(REUSE_BLOCKS)]
 ItemLoss = Literal[tuple(LOSSES)]
 Sampler = Literal[SAMPLERS]
 Schedule = Literal["linear", "cosine", "constant"]
+Augmentation = Literal[tuple(AUGMENTATIONS)]
 
 
 @dataclass(frozen=True)
@@ -178,9 +181,17 @@ class StageConfig:
     mask_prob: float = 0.2  # MLM: share of tokens masked
     last_item_mask_prob: float = 0.1  # MLM: share of sequences with only the last item masked
     attribute_weight: float = 1.0  # *_attributes objectives: weight of the attribute losses beside the item loss
-    # next_item_contrastive: weight and temperature of the same-target InfoNCE (DuoRec's 0.1 and 1)
+    # next_item_contrastive / next_item_augmented: weight and temperature of the InfoNCE term
+    # (DuoRec's and CL4SRec's 0.1 and 1)
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 1.0
+    # next_item_augmented (CL4SRec): each view of a window is one of these augmentations
+    # (data.augmentations), drawn uniformly; the share of a window's events a crop keeps, a
+    # mask hides and a reorder shuffles
+    augmentations: list[Augmentation] = field(default_factory=lambda: list(AUGMENTATIONS))
+    crop_keep: float = 0.6
+    mask_share: float = 0.3
+    reorder_share: float = 0.3
     label_smoothing: float = 0.0  # full_softmax: the target is (1 - eps) one-hot + eps uniform over the catalogue
     layer_decay: float = 1.0  # layer-wise lr decay: layer i of n trains at lr * layer_decay ** (n - i), embeddings = 0
     patience: int = 10  # evaluations without improvement before stopping
@@ -217,6 +228,13 @@ class StageConfig:
             raise ConfigError(f"stage contrastive_temperature must be > 0, got {self.contrastive_temperature}")
         if self.attribute_weight < 0:
             raise ConfigError(f"stage attribute_weight must be >= 0, got {self.attribute_weight}")
+        if not self.augmentations:
+            raise ConfigError(f"stage augmentations must name at least one of {sorted(AUGMENTATIONS)}")
+        for kind in self.augmentations:
+            _check_choice("stage augmentations", kind, AUGMENTATIONS)
+        for key in ("crop_keep", "mask_share", "reorder_share"):
+            if not 0.0 < getattr(self, key) <= 1.0:
+                raise ConfigError(f"stage {key} must be in (0, 1], got {getattr(self, key)}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ConfigError(f"stage warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 

@@ -114,6 +114,13 @@ def test_choices_come_from_the_registries_that_build_them():
     assert typing.get_args(hints["fusion"]) == tuple(FUSIONS)
     assert typing.get_args(hints["reuse_block"]) == tuple(REUSE_BLOCKS)
     assert typing.get_args(typing.get_type_hints(StageConfig)["loss"]) == tuple(LOSSES)
+    from recbert.data.augmentations import AUGMENTATIONS
+    from recbert.training.objectives import OBJECTIVES
+
+    stage = typing.get_type_hints(StageConfig)
+    assert typing.get_args(typing.get_args(stage["augmentations"])[0]) == tuple(AUGMENTATIONS)
+    # config cannot import the objectives (they import it): the list is restated, and must agree
+    assert typing.get_args(stage["objective"]) == tuple(OBJECTIVES)
 
 
 def test_literal_accepts_allowed_values():

@@ -5,7 +5,9 @@
 * ``mlm_attributes``: cloze plus item-attribute prediction (:mod:`recbert.training.attributes`);
 * ``next_item_attributes``: next-item plus the same attribute prediction, causal;
 * ``next_item_contrastive``: next-item plus DuoRec's same-target InfoNCE
-  (:mod:`recbert.training.contrastive`).
+  (:mod:`recbert.training.contrastive`);
+* ``next_item_augmented``: next-item plus CL4SRec's InfoNCE between two augmented views of
+  each window (:mod:`recbert.data.augmentations`).
 
 Both read the training sequences as windows of at most ``max_len`` (+1 for next-item)
 events, batched by similar length in a seeded random order per epoch, from memory or
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from recbert.config import DataConfig, ModelConfig, StageConfig
+from recbert.data.augmentations import augment
 from recbert.data.batches import mask_tokens, next_item_pairs
 from recbert.data.sequences import Sequences
 from recbert.data.vocab import catalogue_size
@@ -208,10 +211,54 @@ class NextItemContrastiveObjective(NextItemObjective):
                         parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
 
 
+class NextItemAugmentedObjective(NextItemObjective):
+    """CL4SRec: next-item prediction plus ``stage.contrastive_weight`` x the InfoNCE between
+    two augmented views of each window (crop / mask / reorder of its input events,
+    :func:`recbert.data.augmentations.augment`), each view represented by its causal
+    output at the last position; the other windows' views are the negatives. The views are
+    drawn from the objective's own generator, so a resumed stage draws them again."""
+
+    def __init__(self, name: str, train: TrainData, max_len: int, n_tokens: int, stage: StageConfig, seed: int = 0,
+                 data: DataConfig = DataConfig(), device: torch.device | str = "cpu",
+                 context: DistributedContext = DistributedContext(), hash_buckets: int = 0):
+        super().__init__(name, train, max_len, n_tokens, stage, seed, data, device, context, hash_buckets)
+        self.views = torch.Generator().manual_seed(rank_seed(seed + 3, context.rank))
+        self.ratios = {"crop": stage.crop_keep, "mask": stage.mask_share, "reorder": stage.reorder_share}
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "views": self.views.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.views.set_state(state["views"])
+
+    def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(inputs, labels, views)``: ``views`` ``[2B, W]`` holds two augmentations of each
+        row of ``inputs``."""
+        for rows in self.rows(epoch):
+            inputs, labels = next_item_pairs(rows)
+            cpu = inputs.cpu()
+            views = torch.cat([augment(cpu, self.stage.augmentations, self.ratios, self.views) for _ in range(2)])
+            yield inputs, labels, views.to(inputs.device)
+
+    def loss(self, model: SequenceRecommender, batch: tuple[torch.Tensor, ...]) -> StepLoss:
+        inputs, labels, views = batch
+        n = len(inputs)
+        if n < 2:  # no other window to contrast with
+            return self.item_loss(model, inputs, labels)
+        states = model(torch.cat([inputs, views]), causal=True).sequence_output  # one pass, own dropout per row
+        next_item = self.loss_of_outputs(model, inputs, labels, states[:n]).total
+        rows = torch.arange(n, device=inputs.device)  # each view's only positive is its twin
+        cl = info_nce(states[n:2 * n, -1], states[2 * n:, -1], rows, self.stage.contrastive_temperature)
+        return StepLoss(next_item + self.stage.contrastive_weight * cl, n=n,
+                        parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
+
+
 OBJECTIVES: dict[str, type[WindowObjective]] = {"mlm": MaskedItemObjective, "next_item": NextItemObjective,
                                                 "mlm_attributes": MaskedItemAttributeObjective,
                                                 "next_item_attributes": NextItemAttributeObjective,
-                                                "next_item_contrastive": NextItemContrastiveObjective}
+                                                "next_item_contrastive": NextItemContrastiveObjective,
+                                                "next_item_augmented": NextItemAugmentedObjective}
 
 
 def build_objective(name: str, stage: StageConfig, model: SequenceRecommender, train: TrainData, seed: int = 0,

@@ -88,7 +88,8 @@ def _setup(seed: int = 0):
 
 
 @pytest.mark.parametrize("objective,loss", [("mlm", "full_softmax"), ("next_item", "sampled_softmax"),
-                                            ("next_item_contrastive", "full_softmax")])
+                                            ("next_item_contrastive", "full_softmax"),
+                                            ("next_item_augmented", "full_softmax")])
 def test_a_stage_resumed_from_any_checkpoint_ends_bitwise_equal(objective, loss):
     stage = StageConfig(objective=objective, loss=loss, negatives=8, epochs=3, batch_size=16, eval_every=1,
                         patience=2)
