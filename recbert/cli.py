@@ -460,7 +460,7 @@ def ablate_cmd(config, overrides, no_mlflow) -> None:
 # -- runs in the MLflow store ---------------------------------------------------------------
 @cli.group("runs")
 def runs_group() -> None:
-    """The runs of the MLflow store ($MLFLOW_TRACKING_URI, else mlruns/): list, show, compare, doctor."""
+    """The runs of the MLflow store ($MLFLOW_TRACKING_URI, else mlruns/): list, show, compare, export, doctor."""
 
 
 @runs_group.command("list")
@@ -492,10 +492,29 @@ def runs_show(run_id) -> None:
                    "time/total_seconds.")
 def runs_compare(baseline, candidate, metrics) -> None:
     """Two experiments' finished train runs paired by seed: per metric each arm's mean ± std,
-    the paired difference's mean ± std, per seed, and mean/std."""
+    the paired difference's mean ± std, per seed, and mean/std. Either side may be an arm
+    file (*.json) written by `recbert runs export`."""
     from recbert.evaluation.comparison import DEFAULT_METRICS, compare_experiments
 
     click.echo(compare_experiments(baseline, candidate, metrics or DEFAULT_METRICS).format())
+
+
+@runs_group.command("export")
+@click.argument("experiment")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The arm file to write (*.json), e.g. benchmarks/results/EXPERIMENT.json.")
+@click.option("-m", "--metric", "metrics", multiple=True,
+              help="A metric to keep (repeatable; default: those `runs compare` reads).")
+@click.option("--note", default="", help="What the arm is (config, command, commit), kept in the file.")
+def runs_export(experiment, output, metrics, note) -> None:
+    """An experiment's newest finished train run per seed, with its metrics, as an arm file
+    that `recbert runs compare` reads in place of the experiment (after its store is gone)."""
+    from recbert.evaluation.comparison import DEFAULT_METRICS, export_arm
+
+    if not output.endswith(".json"):
+        raise RecbertError(f"--output must end in .json (how `runs compare` tells an arm file), got {output!r}")
+    arm = export_arm(experiment, output, metrics or DEFAULT_METRICS, note=note)
+    click.echo(f"wrote {output}: experiment {experiment!r}, seeds {sorted(arm.runs)}")
 
 
 @runs_group.command("doctor")

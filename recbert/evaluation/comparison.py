@@ -8,22 +8,32 @@ hand. Std is the sample std (ddof 1), as in ``benchmarks/quality.py``.
 The pseudo-metric ``val`` is the best validation score (``eval.select_metric`` under the
 selection protocol) of the stage that chose the model: the last stage before a refit, e.g.
 ``train`` after ``pretrain``. Runs log it as ``<stage>/best_score``; for older runs it is the
-best validation logged while that stage trained."""
+best validation logged while that stage trained.
+
+Either side may instead be an *arm file* (``*.json``, :data:`ARM_FORMAT`): an experiment's
+runs by seed with their metrics, written by ``recbert runs export`` (:func:`export_arm`).
+An arm file keeps a baseline comparable after its store is gone (another machine, a fresh
+clone): ``benchmarks/results/`` holds the arms BENCHMARKS.md compares against."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Optional, Sequence
 
 from recbert.config import EvalConfig, TrackingConfig
 from recbert.evaluation.ranking import selection_protocol
 from recbert.errors import ConfigError
+from recbert.io import atomic_path
 from recbert.runs import experiment_names
-from recbert.tracking import _client, metric_key
+from recbert.tracking import _client, metric_key, tracking_uri
 
 VAL = "val"
+ARM_FORMAT = "recbert.arm/1"
 DEFAULT_METRICS = (VAL, "test/unseen/ndcg_at_10", "test/unseen/hr_at_10", "test_selected/unseen/ndcg_at_10",
                    "test_selected/unseen/hr_at_10", "test/all/ndcg_at_10", "time/total_seconds")
 
@@ -94,8 +104,14 @@ def selecting_score(stages: Sequence) -> float:
 def compare_experiments(baseline: str, candidate: str, metrics: Sequence[str] = DEFAULT_METRICS,
                         tracking: TrackingConfig = TrackingConfig()) -> Comparison:
     """Pair the finished train runs of two experiments by seed and compare ``metrics``."""
-    client, _ = _client(tracking)
-    arms = [_arm(client, name, metrics) for name in (baseline, candidate)]
+    clients: list = []  # opened when an experiment (not an arm file) is read
+
+    def client():
+        if not clients:
+            clients.append(_client(tracking)[0])
+        return clients[0]
+
+    arms = [load_arm(name, metrics, client) for name in (baseline, candidate)]
     seeds = sorted(set(arms[0].runs) & set(arms[1].runs))
     if not seeds:
         raise ConfigError(f"experiments {baseline!r} (seeds {sorted(arms[0].runs)}) and {candidate!r} "
@@ -105,6 +121,58 @@ def compare_experiments(baseline: str, candidate: str, metrics: Sequence[str] = 
         both = [s for s in seeds if m in arms[0].values[s] and m in arms[1].values[s]]
         rows.append(MetricRow(m, both, [arms[0].values[s][m] for s in both], [arms[1].values[s][m] for s in both]))
     return Comparison(arms[0], arms[1], seeds, rows)
+
+
+def is_arm_file(source: str) -> bool:
+    return source.endswith(".json")
+
+
+def load_arm(source: str, metrics: Sequence[str], client) -> Arm:
+    """The arm ``source`` names: an arm file (``*.json``) or an experiment of the store that
+    ``client()`` opens."""
+    return read_arm_file(Path(source), metrics) if is_arm_file(source) else _arm(client(), source, metrics)
+
+
+def export_arm(experiment: str, path: str | Path, metrics: Sequence[str] = DEFAULT_METRICS,
+               tracking: TrackingConfig = TrackingConfig(), note: str = "") -> Arm:
+    """Write the arm of ``experiment`` (its newest finished train run per seed and their
+    ``metrics``) to the arm file ``path``, atomically; returns it."""
+    arm = _arm(_client(tracking)[0], experiment, metrics)
+    doc = {"format": ARM_FORMAT, "experiment": experiment, "tracking_uri": tracking_uri(tracking),
+           "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "note": note,
+           "runs": [{"seed": s, "run_id": arm.runs[s], "metrics": arm.values[s]} for s in sorted(arm.runs)]}
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    return arm
+
+
+def read_arm_file(path: Path, metrics: Sequence[str]) -> Arm:
+    """The arm in the arm file ``path`` (its ``metrics`` that it holds); a file that is
+    missing, not JSON or not an arm is one ConfigError naming it."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"arm file {path} does not exist (write one with `recbert runs export`)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"arm file {path} cannot be read as JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("format") != ARM_FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise ConfigError(f"{path} is not a recbert arm file: 'format' must be {ARM_FORMAT!r}, got {found!r}")
+    arm = Arm(str(doc.get("experiment") or path.stem), {}, {})
+    runs = doc.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"arm file {path}: 'runs' must be a non-empty list")
+    for i, run in enumerate(runs):
+        try:
+            seed, run_id, values = int(run["seed"]), str(run["run_id"]), run["metrics"]
+            values = {m: float(values[m]) for m in metrics if m in values}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"arm file {path}: runs[{i}] needs 'seed' (integer), 'run_id' and 'metrics' "
+                              f"(metric -> number): {exc!r}") from None
+        if seed in arm.runs:
+            raise ConfigError(f"arm file {path}: seed {seed} appears twice in 'runs'")
+        arm.runs[seed], arm.values[seed] = run_id, values
+    return arm
 
 
 def _arm(client, experiment: str, metrics: Sequence[str]) -> Arm:

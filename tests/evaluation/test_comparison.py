@@ -1,14 +1,16 @@
 """`recbert runs compare`: two experiments' finished train runs paired by seed, the
-selecting stage's best validation (logged, or read from the stage's own epochs), and the
-paired differences' mean ± std."""
+selecting stage's best validation (logged, or read from the stage's own epochs), the
+paired differences' mean ± std, and arm files standing in for an experiment."""
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
 
-from recbert.evaluation.comparison import VAL, compare_experiments
+from recbert.evaluation.comparison import (ARM_FORMAT, DEFAULT_METRICS, VAL, compare_experiments, export_arm,
+                                           read_arm_file)
 from recbert.errors import ConfigError
 from tests.jobs.test_train import run_cli
 
@@ -89,3 +91,50 @@ def test_cli_prints_the_table(store, capsys):
     assert "test/unseen" not in out  # only the metric asked for
     code, _, err = run_cli(["runs", "compare", "base", "nope"], capsys)
     assert code == 2 and "no MLflow experiment 'nope'" in err
+
+
+def test_an_exported_arm_file_stands_in_for_its_experiment(store, tmp_path, capsys, monkeypatch):
+    base, cand = store
+    path = tmp_path / "results" / "base.json"
+    code, out, err = run_cli(["runs", "export", "base", "-o", str(path), "--note", "the recipe"], capsys)
+    assert code == 0, err
+    assert "seeds [0, 1, 2]" in out
+    doc = json.loads(path.read_text())
+    assert doc["format"] == ARM_FORMAT and doc["note"] == "the recipe"
+    assert [r["run_id"] for r in doc["runs"]] == [base[0], base[1], base[2]]
+    from_store = compare_experiments("base", "cand")
+    from_file = compare_experiments(str(path), "cand")
+    assert from_file.seeds == from_store.seeds == [0, 1]
+    for a, b in zip(from_file.rows, from_store.rows):
+        assert (a.metric, a.seeds, a.baseline, a.candidate) == (b.metric, b.seeds, b.baseline, b.candidate)
+    assert from_file.baseline.runs == from_store.baseline.runs
+    # both sides from files: no store is opened
+    cand_file = tmp_path / "cand.json"
+    export_arm("cand", cand_file)
+
+    def no_store(*args):
+        raise AssertionError("opened the store")
+
+    monkeypatch.setattr("recbert.evaluation.comparison._client", no_store)
+    assert compare_experiments(str(path), str(cand_file)).rows[0].candidate == from_store.rows[0].candidate
+
+
+@pytest.mark.parametrize("content,match", [
+    (None, "does not exist"), ("{not json", "cannot be read as JSON"),
+    ('{"format": "other"}', "is not a recbert arm file"), ("[1, 2]", "is not a recbert arm file"),
+    (json.dumps({"format": ARM_FORMAT, "runs": []}), "'runs' must be a non-empty list"),
+    (json.dumps({"format": ARM_FORMAT, "runs": [{"seed": "x", "run_id": "a", "metrics": {}}]}), r"runs\[0\] needs"),
+    (json.dumps({"format": ARM_FORMAT, "runs": [{"seed": 1, "run_id": "a", "metrics": {}}] * 2}), "seed 1 appears twice"),
+])
+def test_a_bad_arm_file_is_one_error_naming_it(tmp_path, content, match):
+    path = tmp_path / "arm.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=match) as exc:
+        read_arm_file(path, DEFAULT_METRICS)
+    assert str(path) in str(exc.value)
+
+
+def test_export_refuses_an_output_that_runs_compare_would_not_read_as_a_file(store, tmp_path, capsys):
+    code, _, err = run_cli(["runs", "export", "base", "-o", str(tmp_path / "base.txt")], capsys)
+    assert code != 0 and "must end in .json" in err and not (tmp_path / "base.txt").exists()
