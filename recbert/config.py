@@ -185,6 +185,7 @@ class StageConfig:
     # (DuoRec's and CL4SRec's 0.1 and 1)
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 1.0
+    contrastive_similarity: Literal["dot", "cosine"] = "dot"  # cosine: views L2-normalised first
     # next_item_augmented (CL4SRec): each view of a window is one of these augmentations
     # (data.augmentations), drawn uniformly; the share of a window's events a crop keeps, a
     # mask hides and a reorder shuffles

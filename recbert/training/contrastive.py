@@ -33,13 +33,18 @@ from recbert.data.batches import left_pad
 from recbert.data.sequences import Sequences
 
 
-def info_nce(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor, temperature: float,
+             similarity: str = "dot") -> torch.Tensor:
     """Symmetric InfoNCE over the ``2B`` views ``[a; b]`` (``[B, H]`` each; row ``i`` of
     ``a`` and of ``b`` are a pair): each view is classified against every other view of
     the batch, its twin being the right class; views of other rows with the same
-    ``targets`` (``[B]``) are left out of the denominator."""
+    ``targets`` (``[B]``) are left out of the denominator. ``similarity``: ``dot`` (DuoRec's
+    and CL4SRec's default) or ``cosine`` (the views L2-normalised first, as SimCLR: the term
+    cannot then be lowered by growing the outputs' norms, which the item scores also read)."""
     n = len(a)
     z = torch.cat([a, b])
+    if similarity == "cosine":
+        z = F.normalize(z, dim=1)
     sim = (z @ z.T) / temperature
     t = torch.cat([targets, targets])
     rows = torch.arange(2 * n, device=z.device)

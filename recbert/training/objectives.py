@@ -206,7 +206,8 @@ class NextItemContrastiveObjective(NextItemObjective):
         both = torch.cat([inputs, F.pad(positives, (width - positives.shape[1], 0))])
         states = model(both, causal=True).sequence_output
         next_item = self.loss_of_outputs(model, inputs, labels, states[:n]).total
-        cl = info_nce(states[:n][keep, -1], states[n:, -1], labels[keep, -1], self.stage.contrastive_temperature)
+        cl = info_nce(states[:n][keep, -1], states[n:, -1], labels[keep, -1], self.stage.contrastive_temperature,
+                      self.stage.contrastive_similarity)
         return StepLoss(next_item + self.stage.contrastive_weight * cl, n=n,
                         parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
 
@@ -249,7 +250,8 @@ class NextItemAugmentedObjective(NextItemObjective):
         states = model(torch.cat([inputs, views]), causal=True).sequence_output  # one pass, own dropout per row
         next_item = self.loss_of_outputs(model, inputs, labels, states[:n]).total
         rows = torch.arange(n, device=inputs.device)  # each view's only positive is its twin
-        cl = info_nce(states[n:2 * n, -1], states[2 * n:, -1], rows, self.stage.contrastive_temperature)
+        cl = info_nce(states[n:2 * n, -1], states[2 * n:, -1], rows, self.stage.contrastive_temperature,
+                      self.stage.contrastive_similarity)
         return StepLoss(next_item + self.stage.contrastive_weight * cl, n=n,
                         parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
 

@@ -43,6 +43,19 @@ def test_info_nce_is_the_symmetric_loss_without_same_target_negatives():
     assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
 
 
+def test_cosine_info_nce_is_the_dot_loss_of_the_normalised_views_and_ignores_norms():
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    targets = torch.tensor([1, 2, 3, 1, 5, 6])
+    got = info_nce(a, b, targets, 0.2, "cosine")
+    assert got.item() == pytest.approx(naive_info_nce(F.normalize(a, dim=1), F.normalize(b, dim=1), targets,
+                                                      0.2).item(), rel=1e-5)
+    scales = torch.rand(6, 1) * 10 + 0.1
+    assert info_nce(a * scales, b * scales.flip(0), targets, 0.2, "cosine").item() == pytest.approx(got.item(),
+                                                                                                  rel=1e-5)
+    assert info_nce(a * scales, b, targets, 0.2).item() != pytest.approx(info_nce(a, b, targets, 0.2).item())
+
+
 def test_info_nce_is_low_for_matching_views_and_high_for_swapped_ones():
     torch.manual_seed(0)
     a = F.normalize(torch.randn(16, 8), dim=1) * 4
