@@ -86,6 +86,9 @@ def interruptible() -> Iterator[None]:
         return
 
     def stop(signum, frame):
+        if _HELD["depth"]:  # inside uninterrupted(): raised when the block ends
+            _HELD["pending"] = Interrupted("terminated (SIGTERM)", 128 + signum)
+            return
         raise Interrupted("terminated (SIGTERM)", 128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -93,6 +96,41 @@ def interruptible() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_HELD: dict = {"depth": 0, "pending": None}
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Within: a SIGTERM that :func:`interruptible` turns into ``Interrupted``, and a Ctrl-C,
+    are held and raised when the block ends, so that what the block writes (a checkpoint
+    file and its rename) is whole; a block that fails raises its own error. Off the main
+    thread it only holds what :func:`interruptible` would raise."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+
+    def hold_ctrl_c(signum, frame):
+        _HELD["pending"] = KeyboardInterrupt()
+
+    previous = signal.signal(signal.SIGINT, hold_ctrl_c) if main and _HELD["depth"] == 0 else None
+    _HELD["depth"] += 1
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        _HELD["depth"] -= 1
+        if _HELD["depth"] == 0:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            pending, _HELD["pending"] = _HELD["pending"], None
+            if pending is not None and not failed:
+                raise pending
 
 
 def set_threads(threads: Optional[int]) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 
 from recbert.errors import CheckpointError
+from recbert.runtime import uninterrupted
 
 log = logging.getLogger("recbert.train")
 
@@ -69,11 +70,12 @@ class CheckpointStore:
         path = self.directory / f"ckpt-{number:08d}.pt"
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.directory)
         try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({**state, "format": FORMAT}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            with uninterrupted():  # a SIGTERM or Ctrl-C mid-write is raised after the rename
+                with os.fdopen(fd, "wb") as f:
+                    torch.save({**state, "format": FORMAT}, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

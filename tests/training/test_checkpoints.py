@@ -117,3 +117,31 @@ def _copy(state):
     torch.save(state, buffer)  # what a file would hold, detached from the live tensors
     buffer.seek(0)
     return copy.deepcopy(torch.load(buffer, weights_only=True))
+
+
+def test_a_sigterm_while_a_checkpoint_is_written_stops_after_the_file_is_whole(tmp_path, monkeypatch):
+    """The CI race: SIGTERM landed inside torch.save's zip writer, whose clean-up then
+    failed and hid the interrupt (exit 1 and a traceback instead of 143 and the resume hint)."""
+    import os
+    import signal
+
+    from recbert.errors import Interrupted
+    from recbert.runtime import interruptible
+    from recbert.training import checkpoints
+
+    real_save = torch.save
+
+    def save_with_a_signal_midway(obj, f):
+        f.write(b"")  # the file is open, nothing written yet
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_save(obj, f)
+
+    store = CheckpointStore(tmp_path / "ck")
+    store.save({"step": 1})
+    monkeypatch.setattr(checkpoints.torch, "save", save_with_a_signal_midway)
+    with interruptible(), pytest.raises(Interrupted):
+        store.save({"step": 2})
+    monkeypatch.setattr(checkpoints.torch, "save", real_save)
+    path, state = store.latest()
+    assert state["step"] == 2 and path.name == "ckpt-00000002.pt"
+    assert not list((tmp_path / "ck").glob("*.tmp"))
