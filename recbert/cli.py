@@ -509,9 +509,9 @@ def runs_compare(baseline, candidate, metrics) -> None:
 def runs_export(experiment, output, metrics, note) -> None:
     """An experiment's newest finished train run per seed, with its metrics, as an arm file
     that `recbert runs compare` reads in place of the experiment (after its store is gone)."""
-    from recbert.evaluation.comparison import DEFAULT_METRICS, export_arm
+    from recbert.evaluation.comparison import DEFAULT_METRICS, export_arm, is_arm_file
 
-    if not output.endswith(".json"):
+    if not is_arm_file(output):
         raise RecbertError(f"--output must end in .json (how `runs compare` tells an arm file), got {output!r}")
     arm = export_arm(experiment, output, metrics or DEFAULT_METRICS, note=note)
     click.echo(f"wrote {output}: experiment {experiment!r}, seeds {sorted(arm.runs)}")

@@ -17,6 +17,7 @@ clone): ``benchmarks/results/`` holds the arms BENCHMARKS.md compares against.""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -104,13 +105,7 @@ def selecting_score(stages: Sequence) -> float:
 def compare_experiments(baseline: str, candidate: str, metrics: Sequence[str] = DEFAULT_METRICS,
                         tracking: TrackingConfig = TrackingConfig()) -> Comparison:
     """Pair the finished train runs of two experiments by seed and compare ``metrics``."""
-    clients: list = []  # opened when an experiment (not an arm file) is read
-
-    def client():
-        if not clients:
-            clients.append(_client(tracking)[0])
-        return clients[0]
-
+    client = functools.cache(lambda: _client(tracking)[0])  # opened when an experiment (not an arm file) is read
     arms = [load_arm(name, metrics, client) for name in (baseline, candidate)]
     seeds = sorted(set(arms[0].runs) & set(arms[1].runs))
     if not seeds:
@@ -124,6 +119,7 @@ def compare_experiments(baseline: str, candidate: str, metrics: Sequence[str] = 
 
 
 def is_arm_file(source: str) -> bool:
+    """Whether `runs compare` reads ``source`` as an arm file (``*.json``) rather than an experiment name."""
     return source.endswith(".json")
 
 

@@ -164,7 +164,19 @@ class NextItemAttributeObjective(AttributeTargets, NextItemObjective):
     ``mlm_attributes``, with the attention pattern of next-item fine-tuning)."""
 
 
-class NextItemContrastiveObjective(NextItemObjective):
+class InfoNCETerm:
+    """The step loss of the contrastive objectives: next-item loss at the windows' outputs
+    plus ``stage.contrastive_weight`` x the InfoNCE of the views ``a`` / ``b``."""
+
+    def with_info_nce(self, model: SequenceRecommender, inputs: torch.Tensor, labels: torch.Tensor,
+                      outputs: torch.Tensor, a: torch.Tensor, b: torch.Tensor, targets: torch.Tensor) -> StepLoss:
+        next_item = self.loss_of_outputs(model, inputs, labels, outputs).total
+        cl = info_nce(a, b, targets, self.stage.contrastive_temperature, self.stage.contrastive_similarity)
+        return StepLoss(next_item + self.stage.contrastive_weight * cl, n=len(inputs),
+                        parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
+
+
+class NextItemContrastiveObjective(InfoNCETerm, NextItemObjective):
     """Next-item prediction plus ``stage.contrastive_weight`` x the InfoNCE between each
     window's last-position output and that of a same-target prefix
     (:mod:`recbert.training.contrastive`); the prefixes are read from sequences in memory."""
@@ -205,14 +217,11 @@ class NextItemContrastiveObjective(NextItemObjective):
         n, width = inputs.shape
         both = torch.cat([inputs, F.pad(positives, (width - positives.shape[1], 0))])
         states = model(both, causal=True).sequence_output
-        next_item = self.loss_of_outputs(model, inputs, labels, states[:n]).total
-        cl = info_nce(states[:n][keep, -1], states[n:, -1], labels[keep, -1], self.stage.contrastive_temperature,
-                      self.stage.contrastive_similarity)
-        return StepLoss(next_item + self.stage.contrastive_weight * cl, n=n,
-                        parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
+        return self.with_info_nce(model, inputs, labels, states[:n], states[:n][keep, -1], states[n:, -1],
+                                  labels[keep, -1])
 
 
-class NextItemAugmentedObjective(NextItemObjective):
+class NextItemAugmentedObjective(InfoNCETerm, NextItemObjective):
     """CL4SRec: next-item prediction plus ``stage.contrastive_weight`` x the InfoNCE between
     two augmented views of each window (crop / mask / reorder of its input events,
     :func:`recbert.data.augmentations.augment`), each view represented by its causal
@@ -248,12 +257,8 @@ class NextItemAugmentedObjective(NextItemObjective):
         if n < 2:  # no other window to contrast with
             return self.item_loss(model, inputs, labels)
         states = model(torch.cat([inputs, views]), causal=True).sequence_output  # one pass, own dropout per row
-        next_item = self.loss_of_outputs(model, inputs, labels, states[:n]).total
         rows = torch.arange(n, device=inputs.device)  # each view's only positive is its twin
-        cl = info_nce(states[n:2 * n, -1], states[2 * n:, -1], rows, self.stage.contrastive_temperature,
-                      self.stage.contrastive_similarity)
-        return StepLoss(next_item + self.stage.contrastive_weight * cl, n=n,
-                        parts={"next_item": next_item.detach(), "contrastive": cl.detach()})
+        return self.with_info_nce(model, inputs, labels, states[:n], states[n:2 * n, -1], states[2 * n:, -1], rows)
 
 
 OBJECTIVES: dict[str, type[WindowObjective]] = {"mlm": MaskedItemObjective, "next_item": NextItemObjective,
