@@ -316,10 +316,18 @@ class RunConfig:
     # validation chose (no validation then), and test that model. The selected model's test
     # metrics are kept beside it as test_selected/*. In-memory data only.
     refit: bool = False
+    # A model folder written by `recbert train` (runs/<run>/model): the run starts from its
+    # weights, vocabulary and feature tables instead of a fresh model (recbert.model.warm_start),
+    # e.g. to fine-tune on a narrow log what was pretrained on a broad one. The [model] section
+    # must be the saved model's (only the dropout rates may differ). In-memory data only.
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.refit and self.data.shards is not None:
             raise ConfigError("refit = true works on in-memory sequences only; unset data.shards or refit")
+        if self.init_from is not None and self.data.shards is not None:
+            raise ConfigError("init_from works on in-memory sequences only (shards are written with their own "
+                              "vocabulary); unset data.shards or init_from")
 
     # -- views -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -61,7 +61,7 @@ def test_flat_keys_are_dotted_and_values_scalar():
     n_leaves = sum(len(getattr(cfg, s).__dataclass_fields__) for s in sections)
     n_top = len([k for k in flat if "." not in k])
     assert len(flat) == n_leaves + n_top
-    assert n_top == 5  # seed, device, threads, out_dir, refit
+    assert n_top == 6  # seed, device, threads, out_dir, refit, init_from
 
 
 def test_unknown_key_names_it_and_suggests_the_close_one():

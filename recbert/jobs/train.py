@@ -42,6 +42,7 @@ from recbert.errors import Interrupted
 from recbert.jobs.resume import ResumePoint, check_same_config, checkpoint_dir, events_digest, new_run_key
 from recbert.model.checkpoint import METRICS_FILE, RUN_CONFIG_FILE
 from recbert.model.recommender import SequenceRecommender
+from recbert.model.warm_start import warm_start
 from recbert.runtime import (DistributedContext, distributed, interruptible, on_main, rank_seed, seed_everything,
                              set_threads)
 from recbert.tracking import MODEL_ARTIFACT, Tracker
@@ -102,9 +103,14 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
         shards = on_main(lambda: ensure_shards(events if events is not None else config.data.events, config.data),
                          context)
         vocab, splits = shard_splits(shards)
+        model = build_model(config, vocab)
+    elif config.init_from is not None:  # the saved model's vocabulary reads the events
+        model = warm_start(config.init_from, config.model, config.data.item_features, config.data.item_col,
+                           config.data.item_feature_columns)
+        vocab, splits = prepare_data(config, events, vocab=model.vocab)
     else:
         vocab, splits = prepare_data(config, events)
-    model = build_model(config, vocab)
+        model = build_model(config, vocab)
     if context.rank:  # dropout: an independent stream on each further rank (rank 0 continues as one process)
         torch.manual_seed(rank_seed(config.seed, context.rank))
     n_params = sum(p.numel() for p in model.parameters())

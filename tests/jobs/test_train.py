@@ -1,5 +1,6 @@
 """End to end through the CLI: training, MLflow contents, loading back, bad input."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,40 @@ def test_refit_with_shards_is_a_config_error(tmp_path, cyclic_parquet, capsys):
     code, _, err = run_cli(["-q", "train", "--events", str(cyclic_parquet), *FAST, "--set", "refit=true",
                             "--set", f"data.shards={tmp_path / 'sh'}", "--set", "tracking.enabled=false"], capsys)
     assert code != 0 and "refit" in err and "Traceback" not in err
+
+
+def test_init_from_fine_tunes_a_saved_model_on_another_log(tmp_path, cyclic_parquet, capsys, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
+    off = ["--set", "tracking.enabled=false"]
+    code, out, err = run_cli(["-q", "train", "--events", str(cyclic_parquet), *FAST, *off], capsys)
+    assert code == 0, err
+    saved = out.split("model: ")[1].split()[0]
+    # another log: fewer users walking the same ring, and one user whose items the model never saw
+    narrow = tmp_path / "narrow.parquet"
+    pl.concat([cyclic_events(n_users=120, seed=5),
+               pl.DataFrame({"user_id": [999] * 3, "item_id": [500, 501, 502], "timestamp": [1, 2, 3]})]
+              ).write_parquet(narrow)
+    # one step at a learning rate too small to learn anything: what the run knows, it brought
+    still = [*FAST, *off, "--set", "pretrain.epochs=0", "--set", "train.epochs=1", "--set", "train.lr=1e-9"]
+
+    def hr10(extra):
+        code, out, err = run_cli(["train", "--events", str(narrow), *still, *extra], capsys)
+        assert code == 0, err
+        return float(next(line for line in out.splitlines() if line.startswith("| all")).split("|")[6])
+
+    caplog.clear()
+    warm = hr10(["--set", f"init_from={saved}", "--set", "model.dropout=0.3"])
+    log = caplog.text
+    cold = hr10([])
+    assert warm > 0.9 and cold < 0.5, (warm, cold)
+    assert f"starting from the model in {saved} (60 items)" in log
+    assert "3 of" in log and "read as [UNK]" in log  # the unseen items, under the saved vocabulary
+
+    code, _, err = run_cli(["-q", "train", "--events", str(narrow), *still, "--set", f"init_from={saved}",
+                            "--set", "model.hidden=16"], capsys)
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "model.hidden = 32 (this run: 16)" in err
+    code, _, err = run_cli(["-q", "train", "--events", str(narrow), *still, "--set", f"init_from={saved}",
+                            "--set", f"data.shards={tmp_path / 'sh'}"], capsys)
+    assert code != 0 and "init_from works on in-memory sequences only" in err and "Traceback" not in err
