@@ -1,0 +1,136 @@
+"""Pretraining on a broad log, fine-tuning on the target log (issue #9): does a pretraining
+stage pay when it brings events the target training lacks?
+
+The target: MovieLens-100K's positive ratings (rating >= --min-rating) as next-item data,
+leave-one-out, full ranking over every item, history excluded. The broad log: every rating,
+cut before each user's held-out target events (``recbert.data.holdout``: nothing the target
+validates or tests on, nor anything after it, is in it). Per seed:
+
+- target only: the recipe (``configs/sequential.toml``, no item features) on the target log;
+- cloze on broad -> target: MLM pretraining on the broad log (the recipe's pretraining stage
+  with ``objective = mlm``), then the recipe's next-item training on the target log from it
+  (``init_from``);
+- next-item on broad -> target: the recipe's next-item training on the broad log, then the
+  same fine-tuning;
+- next-item on broad, not fine-tuned: that broad model tested on the target split (how much
+  the fine-tuning adds).
+
+Prints each run, the test tables per arm, and each arm's paired difference from "target
+only" (best validation and test, per seed, mean and sample std), with the wall time of
+each arm (pretraining + fine-tuning).
+
+    .venv/bin/python benchmarks/broad_pretraining.py [--seeds 0,1,2] [--min-rating 4] [--pretrain-epochs 40]
+        [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recbert.config import RunConfig  # noqa: E402
+from recbert.data.holdout import cut_before_holdout  # noqa: E402
+from recbert.evaluation.comparison import MetricRow, paired_table, selecting_score  # noqa: E402
+from recbert.jobs.evaluate import run_evaluation  # noqa: E402
+from recbert.jobs.train import run_training  # noqa: E402
+from recbert.allocator import reexec_with_fast_allocator  # noqa: E402
+
+from quality import table  # noqa: E402  (benchmarks/quality.py: the same test tables)
+
+EVENTS = ROOT / "data" / "ml-100k" / "events.parquet"
+RECIPE = ROOT / "configs" / "sequential.toml"
+TEST_KEYS = ("test/unseen/ndcg@10", "test/unseen/hr@10", "test/all/ndcg@10", "test/all/hr@10")
+
+
+def write_logs(events: Path, min_rating: int, work: Path, data) -> tuple[Path, Path, dict[str, int]]:
+    """The target log (ratings >= min_rating) and the broad log (every rating, cut before the
+    target's held-out events) as parquet files under ``work``."""
+    ratings = pl.read_parquet(events)
+    target = ratings.filter(pl.col("rating") >= min_rating)
+    broad = cut_before_holdout(ratings, target, data)
+    work.mkdir(parents=True, exist_ok=True)
+    paths = work / f"target-r{min_rating}.parquet", work / f"broad-r{min_rating}.parquet"
+    for frame, path in zip((target, broad), paths):
+        frame.write_parquet(path)
+    return *paths, {"ratings": ratings.height, "target": target.height, "broad": broad.height}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one run per arm each")
+    ap.add_argument("--min-rating", type=int, default=4, help="the target log's ratings: at least this")
+    ap.add_argument("--pretrain-epochs", type=int, default=40, help="the cloze arm's pretraining epochs")
+    ap.add_argument("--work", type=Path, default=ROOT / "build" / "broad")
+    ap.add_argument("-s", "--set", dest="overrides", action="append", default=[],
+                    help="key=value for every run (e.g. threads=1)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    common = ["data.item_feature_columns=[]", "pretrain.objective=mlm", *args.overrides]
+    data = RunConfig.load(RECIPE, common).data
+    target, broad, sizes = write_logs(EVENTS, args.min_rating, args.work, data)
+    print(f"events: {sizes['ratings']} ratings; target log (rating >= {args.min_rating}) {sizes['target']}; "
+          f"broad log (every rating before each user's held-out target events) {sizes['broad']}", flush=True)
+
+    def train(events: Path, name: str, seed: int, *extra: str):
+        cfg = RunConfig.load(RECIPE, [*common, f"data.events={events}", f"seed={seed}",
+                                      f"tracking.experiment=broad-{name}", *extra])
+        started = time.perf_counter()
+        result = run_training(cfg)
+        wall = time.perf_counter() - started
+        stages = "; ".join(f"{s.name} {s.epochs_run} ep (best {s.best_epoch}, {s.stopped})" for s in result.stages)
+        print(f"{name}, seed {seed}: MLflow run {result.run_id}, {wall / 60:.1f} min; {stages}; test NDCG@10 "
+              f"unseen {result.test_metrics['test/unseen/ndcg@10']:.4f}", flush=True)
+        return result, wall
+
+    arms = ("target only", "cloze on broad -> target", "next-item on broad -> target")
+    runs: dict[str, list] = {a: [] for a in arms}
+    walls: dict[str, list[float]] = {a: [] for a in arms}
+    unfinetuned: list[dict[str, float]] = []
+    for seed in seeds:
+        result, wall = train(target, "target", seed)
+        runs["target only"].append(result), walls["target only"].append(wall)
+        for arm, name, stage in (("cloze on broad -> target", "mlm", [f"pretrain.epochs={args.pretrain_epochs}",
+                                                                     "train.epochs=0", "refit=false"]),
+                                 ("next-item on broad -> target", "next", ["refit=false"])):
+            pre, pre_wall = train(broad, f"{name}-broad", seed, *stage)
+            if name == "next":
+                unfinetuned.append({f"test/{k}": v for k, v in run_evaluation(pre.model_dir, str(target)).items()})
+            tuned, tune_wall = train(target, f"{name}-target", seed, f"init_from={pre.model_dir}")
+            runs[arm].append(tuned), walls[arm].append(pre_wall + tune_wall)
+
+    print(f"\n## broad pretraining, MovieLens-100K: {datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
+          f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
+    print(f"command: .venv/bin/python benchmarks/broad_pretraining.py --seeds {args.seeds} --min-rating "
+          f"{args.min_rating} --pretrain-epochs {args.pretrain_epochs}" + "".join(f" --set {o}" for o in args.overrides))
+    for arm in arms:
+        rows = [r.test_metrics for r in runs[arm]]
+        print(f"\n### {arm}: runs {[r.run_id for r in runs[arm]]}")
+        print(f"wall time per seed (pretraining + fine-tuning) {', '.join(f'{w / 60:.1f}' for w in walls[arm])} min")
+        print(f"test, mean ± std over {len(rows)} seed(s):\n" + "\n".join(table(rows, "test")))
+        print(f"best validation per seed: {', '.join(f'{selecting_score(r.stages):.4f}' for r in runs[arm])}")
+    print(f"\n### next-item on broad, not fine-tuned, tested on the target split:\n" + "\n".join(table(unfinetuned, "test")))
+    alone = runs["target only"]
+    for arm in arms[1:]:
+        rows = [MetricRow("val", seeds, [selecting_score(r.stages) for r in alone],
+                          [selecting_score(r.stages) for r in runs[arm]])]
+        rows += [MetricRow(key, seeds, [r.test_metrics[key] for r in alone], [r.test_metrics[key] for r in runs[arm]])
+                 for key in TEST_KEYS]
+        print(f"\n### {arm} minus target only, paired by seed {seeds} (sample std)")
+        print(paired_table(rows, "target only", arm))
+
+
+if __name__ == "__main__":
+    reexec_with_fast_allocator()  # under jemalloc when installed, as the CLI runs
+    main()
