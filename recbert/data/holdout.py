@@ -22,8 +22,9 @@ def holdout_starts(target: pl.DataFrame, data: DataConfig) -> pl.DataFrame | flo
     evaluates (3 or more events, as :func:`~recbert.data.sequences.leave_one_out`); under a
     time split the validation cut, one time for all (as :func:`~recbert.data.sequences.time_split`)."""
     user, time = data.user_col, data.time_col
-    if data.split == "time":
-        times = target[time].drop_nulls().to_numpy()
+    if data.split == "time":  # over the users the split keeps (data.min_user_events), as time_split
+        kept = target.filter(pl.len().over(user) >= data.min_user_events)
+        times = kept[time].drop_nulls().to_numpy()
         return float(np.quantile(times, 1.0 - data.time_val_fraction - data.time_test_fraction))
     ordered = target.select(user, time).with_row_index("_order").sort([user, time, "_order"])
     return (ordered.group_by(user, maintain_order=True)

@@ -60,6 +60,9 @@ def test_time_split_cuts_at_the_validation_quantile():
     cfg = DataConfig(split="time", time_val_fraction=0.1, time_test_fraction=0.1)
     kept = cut_before_holdout(broad, target, cfg)
     assert kept["timestamp"].max() < np.quantile(np.arange(100), 0.8) <= kept["timestamp"].max() + 5
+    # a user the split drops (one event, under data.min_user_events) does not move the cut
+    late = pl.concat([target, frame([(u, 1, 1000 + u) for u in range(2, 60)])])
+    assert cut_before_holdout(broad, late, cfg).equals(kept)
 
 
 def test_mismatched_ids_and_missing_columns_are_named():
