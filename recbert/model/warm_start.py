@@ -62,6 +62,9 @@ def check_feature_tables(saved: SequenceRecommender, directory: str | Path, path
     """The run's item features, read for the saved vocabulary, must be the saved model's
     tables (same columns, same values per item)."""
     names = sorted(saved.config.feature_cardinalities)
+    if not names:
+        raise ConfigError(f"init_from: the model in {directory} was trained without item features; this run names "
+                          f"{sorted(columns)} (unset data.item_feature_columns)")
     if sorted(columns) != names:
         raise ConfigError(f"init_from: the model in {directory} reads item features {names}; this run names "
                           f"{sorted(columns)} (data.item_feature_columns)")

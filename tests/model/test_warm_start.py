@@ -81,6 +81,12 @@ def test_the_item_features_must_be_the_saved_ones(tmp_path, items_file):
         warm_start(tmp_path / "m", RUN, str(other), "item_id", ["brand", "cats"])
 
 
+def test_features_named_for_a_model_without_them_are_refused(tmp_path, items_file):
+    saved_model(tmp_path / "m")
+    with pytest.raises(ConfigError, match=r"trained without item features; this run names \['brand'\]"):
+        warm_start(tmp_path / "m", RUN, str(items_file), "item_id", ["brand"])
+
+
 def test_a_missing_or_corrupt_model_is_named(tmp_path):
     from recbert.errors import CheckpointError
 
