@@ -316,10 +316,12 @@ class RunConfig:
     # validation chose (no validation then), and test that model. The selected model's test
     # metrics are kept beside it as test_selected/*. In-memory data only.
     refit: bool = False
-    # A model folder written by `recbert train` (runs/<run>/model): the run starts from its
-    # weights, vocabulary and feature tables instead of a fresh model (recbert.model.warm_start),
-    # e.g. to fine-tune on a narrow log what was pretrained on a broad one. The [model] section
-    # must be the saved model's (only the dropout rates may differ). In-memory data only.
+    # A model folder written by `recbert train` (the one its `model:` line names): the run
+    # starts from its weights, vocabulary and feature tables instead of a fresh model
+    # (recbert.model.warm_start), e.g. to fine-tune on a narrow log what was pretrained on a
+    # broad one. The [model] section must be the saved model's (only the dropout rates may
+    # differ); data.min_item_count / max_items / hash_buckets do not apply (the saved
+    # vocabulary reads the events). In-memory data only.
     init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
