@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recbert.config import RunConfig  # noqa: E402
+from recbert.config import DataConfig, RunConfig  # noqa: E402
 from recbert.data.holdout import cut_before_holdout  # noqa: E402
 from recbert.evaluation.comparison import MetricRow, paired_table, selecting_score  # noqa: E402
 from recbert.jobs.evaluate import run_evaluation  # noqa: E402
@@ -53,7 +53,7 @@ RECIPE = ROOT / "configs" / "sequential.toml"
 TEST_KEYS = ("test/unseen/ndcg@10", "test/unseen/hr@10", "test/all/ndcg@10", "test/all/hr@10")
 
 
-def write_logs(events: Path, min_rating: int, work: Path, data) -> tuple[Path, Path, dict[str, int]]:
+def write_logs(events: Path, min_rating: int, work: Path, data: DataConfig) -> tuple[Path, Path, dict[str, int]]:
     """The target log (ratings >= min_rating) and the broad log (every rating, cut before the
     target's held-out events) as parquet files under ``work``."""
     ratings = pl.read_parquet(events)
@@ -100,7 +100,8 @@ def main() -> None:
     unfinetuned: list[dict[str, float]] = []
     for seed in seeds:
         result, wall = train(target, "target", seed)
-        runs["target only"].append(result), walls["target only"].append(wall)
+        runs["target only"].append(result)
+        walls["target only"].append(wall)
         for arm, name, stage in (("cloze on broad -> target", "mlm", [f"pretrain.epochs={args.pretrain_epochs}",
                                                                      "train.epochs=0", "refit=false"]),
                                  ("next-item on broad -> target", "next", ["refit=false"])):
@@ -108,19 +109,22 @@ def main() -> None:
             if name == "next":
                 unfinetuned.append({f"test/{k}": v for k, v in run_evaluation(pre.model_dir, str(target)).items()})
             tuned, tune_wall = train(target, f"{name}-target", seed, f"init_from={pre.model_dir}")
-            runs[arm].append(tuned), walls[arm].append(pre_wall + tune_wall)
+            runs[arm].append(tuned)
+            walls[arm].append(pre_wall + tune_wall)
 
     print(f"\n## broad pretraining, MovieLens-100K: {datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"command: .venv/bin/python benchmarks/broad_pretraining.py --seeds {args.seeds} --min-rating "
-          f"{args.min_rating} --pretrain-epochs {args.pretrain_epochs}" + "".join(f" --set {o}" for o in args.overrides))
+          f"{args.min_rating} --pretrain-epochs {args.pretrain_epochs}"
+          + "".join(f" --set {o}" for o in args.overrides))
     for arm in arms:
         rows = [r.test_metrics for r in runs[arm]]
         print(f"\n### {arm}: runs {[r.run_id for r in runs[arm]]}")
         print(f"wall time per seed (pretraining + fine-tuning) {', '.join(f'{w / 60:.1f}' for w in walls[arm])} min")
         print(f"test, mean ± std over {len(rows)} seed(s):\n" + "\n".join(table(rows, "test")))
         print(f"best validation per seed: {', '.join(f'{selecting_score(r.stages):.4f}' for r in runs[arm])}")
-    print(f"\n### next-item on broad, not fine-tuned, tested on the target split:\n" + "\n".join(table(unfinetuned, "test")))
+    print("\n### next-item on broad, not fine-tuned, tested on the target split:\n"
+          + "\n".join(table(unfinetuned, "test")))
     alone = runs["target only"]
     for arm in arms[1:]:
         rows = [MetricRow("val", seeds, [selecting_score(r.stages) for r in alone],

@@ -9,27 +9,26 @@ event of the users the target log does not evaluate."""
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from recbert.config import DataConfig
+from recbert.data.sequences import LEAVE_ONE_OUT_MIN_EVENTS, time_split_cuts
 from recbert.errors import DataError
 
 
 def holdout_starts(target: pl.DataFrame, data: DataConfig) -> pl.DataFrame | float:
     """When each user's held-out events start in ``target`` (columns as ``data`` names them):
     under leave-one-out a frame of user -> time of the validation event, for the users it
-    evaluates (3 or more events, as :func:`~recbert.data.sequences.leave_one_out`); under a
+    evaluates (``LEAVE_ONE_OUT_MIN_EVENTS`` or more, as :func:`~recbert.data.sequences.leave_one_out`); under a
     time split the validation cut, one time for all (as :func:`~recbert.data.sequences.time_split`)."""
     user, time = data.user_col, data.time_col
     if data.split == "time":  # over the users the split keeps (data.min_user_events), as time_split
         kept = target.filter(pl.len().over(user) >= data.min_user_events)
-        times = kept[time].drop_nulls().to_numpy()
-        return float(np.quantile(times, 1.0 - data.time_val_fraction - data.time_test_fraction))
+        return time_split_cuts(kept[time].drop_nulls().to_numpy(), data.time_val_fraction, data.time_test_fraction)[0]
     ordered = target.select(user, time).with_row_index("_order").sort([user, time, "_order"])
     return (ordered.group_by(user, maintain_order=True)
             .agg(pl.len().alias("_n"), pl.col(time).tail(2).first().alias("_start"))
-            .filter(pl.col("_n") >= max(3, data.min_user_events))
+            .filter(pl.col("_n") >= max(LEAVE_ONE_OUT_MIN_EVENTS, data.min_user_events))
             .select(user, "_start"))
 
 

@@ -131,13 +131,24 @@ def build_sequences(events: pl.DataFrame, vocab: ItemVocab, min_user_events: int
     return seqs
 
 
+# leave-one-out evaluates a user with this many events or more (validation + test + history)
+LEAVE_ONE_OUT_MIN_EVENTS = 3
+
+
+def time_split_cuts(times: np.ndarray, val_fraction: float, test_fraction: float) -> tuple[float, float]:
+    """The global time split's validation and test cuts: the time quantiles
+    ``1 - val - test`` and ``1 - test`` of every event time."""
+    t_val, t_test = np.quantile(times, [1.0 - val_fraction - test_fraction, 1.0 - test_fraction])
+    return float(t_val), float(t_test)
+
+
 def leave_one_out(seqs: Sequences) -> Splits:
     """Last event = test target, second-to-last = validation target, the rest = training.
 
     Users with fewer than 3 events cannot give all three parts: they train on
     all their events and are not evaluated (logged)."""
     starts, ends = seqs.offsets[:-1], seqs.offsets[1:]
-    full = seqs.lengths >= 3
+    full = seqs.lengths >= LEAVE_ONE_OUT_MIN_EVENTS
     n_short = int((~full).sum())
     if n_short:
         log.info("%d user(s) with fewer than 3 events: used for training only, not evaluated", n_short)
@@ -160,7 +171,7 @@ def time_split(seqs: Sequences, val_fraction: float = 0.1, test_fraction: float 
     events before the test cut as input."""
     if seqs.times is None:
         raise DataError("time split needs event times")
-    t_val, t_test = np.quantile(seqs.times, [1.0 - val_fraction - test_fraction, 1.0 - test_fraction])
+    t_val, t_test = time_split_cuts(seqs.times, val_fraction, test_fraction)
     starts, ends = seqs.offsets[:-1], seqs.offsets[1:]
     before_val = _count_before(seqs, t_val)  # events < cut per user
     before_test = _count_before(seqs, t_test)

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from recbert.config import DataConfig
 from recbert.data.events import ITEM, TIME, USER, EventSource, canonical_events, check_events
-from recbert.data.sequences import EvalSet, Sequences
+from recbert.data.sequences import LEAVE_ONE_OUT_MIN_EVENTS, EvalSet, Sequences
 from recbert.data.vocab import ItemVocab, item_counts, item_index, merge_item_counts
 from recbert.errors import DataError
 from recbert.io import atomic_dir
@@ -129,7 +129,7 @@ class ShardSet:
         drop = {"val": 2, "test": 1}[part]
         inputs, targets = [], []
         for seqs in self.iter_sequences():
-            full = np.flatnonzero(seqs.lengths >= 3)
+            full = np.flatnonzero(seqs.lengths >= LEAVE_ONE_OUT_MIN_EVENTS)
             starts, ends = seqs.offsets[full], seqs.offsets[full + 1] - drop
             inputs.append(seqs.slice(starts, ends, seqs.user_ids[full]))
             targets.append(seqs.items[ends])
@@ -147,7 +147,7 @@ def concat_sequences(parts: list[Sequences]) -> Sequences:
 def train_lengths(lengths: np.ndarray) -> np.ndarray:
     """Training events per user under leave-one-out: all but the last two of users with
     >= 3 events (their validation and test targets), all of the others'."""
-    return np.where(lengths >= 3, lengths - 2, lengths)
+    return np.where(lengths >= LEAVE_ONE_OUT_MIN_EVENTS, lengths - 2, lengths)
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
             files.append(name)
             rows.append(len(seqs))
             n_events += len(seqs.items)
-            n_eval += int((seqs.lengths >= 3).sum())
+            n_eval += int((seqs.lengths >= LEAVE_ONE_OUT_MIN_EVENTS).sum())
             _add_train_counts(train_counts, seqs)
         shutil.rmtree(buckets, ignore_errors=True)
         if n_short:
