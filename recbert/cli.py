@@ -161,14 +161,16 @@ def train(config: Path | None, overrides: tuple[str, ...], events: str | None, n
 @click.option("--out", help="Shard folder (overrides data.shards).")
 def shard(config: Path | None, overrides: tuple[str, ...], events: str | None, out: str | None) -> None:
     """Write the events as per-user sequence shards for streamed training (data.shards),
-    with memory bounded by data.shard_events; reused by `recbert train` with the same settings."""
+    with memory bounded by data.shard_events; reused by `recbert train` with the same settings
+    (with init_from set: encoded with that saved model's vocabulary)."""
     from recbert.data.shards import ensure_shards
     from recbert.errors import ConfigError
+    from recbert.model.warm_start import saved_vocab
 
     cfg = _load_config(config, overrides + ((f"data.shards={out}",) if out else ()), events, True)
     if cfg.data.shards is None:
         raise ConfigError("recbert shard: name the shard folder with --out or data.shards")
-    shards = ensure_shards(cfg.data.events, cfg.data)
+    shards = ensure_shards(cfg.data.events, cfg.data, saved_vocab(cfg.init_from) if cfg.init_from else None)
     click.echo(f"{shards.directory}: {len(shards.files)} shard(s), {shards.n_users} users, {shards.n_events} events, "
                f"{shards.vocab().n_items} items, {shards.n_eval_users} evaluated users")
 

@@ -321,15 +321,12 @@ class RunConfig:
     # (recbert.model.warm_start), e.g. to fine-tune on a narrow log what was pretrained on a
     # broad one. The [model] section must be the saved model's (only the dropout rates may
     # differ); data.min_item_count / max_items / hash_buckets do not apply (the saved
-    # vocabulary reads the events). In-memory data only.
+    # vocabulary reads the events; with data.shards the shards are written with it).
     init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.refit and self.data.shards is not None:
             raise ConfigError("refit = true works on in-memory sequences only; unset data.shards or refit")
-        if self.init_from is not None and self.data.shards is not None:
-            raise ConfigError("init_from works on in-memory sequences only (shards are written with their own "
-                              "vocabulary); unset data.shards or init_from")
 
     # -- views -----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

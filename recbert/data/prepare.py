@@ -46,8 +46,9 @@ def prepare_data(config: RunConfig, events: Optional[EventSource] = None,
 def prepare_shards(config: RunConfig, events: Optional[EventSource] = None,
                    vocab: Optional[ItemVocab] = None) -> tuple[ItemVocab, Splits]:
     """The out-of-core path (``data.shards``): sequence shards written (or reused) from the
-    events, then :func:`shard_splits`."""
-    return shard_splits(ensure_shards(events if events is not None else config.data.events, config.data), vocab)
+    events, with ``vocab`` when given, then :func:`shard_splits`."""
+    source = events if events is not None else config.data.events
+    return shard_splits(ensure_shards(source, config.data, vocab), vocab)
 
 
 def shard_splits(shards: ShardSet, vocab: Optional[ItemVocab] = None) -> tuple[ItemVocab, Splits]:

@@ -8,7 +8,8 @@ sequence shards in four streaming passes, never holding more than one shard's ev
    bucket files (polars ``sink_parquet`` with a partition key), so that each user's
    events sit in one bucket;
 3. count the items bucket by bucket (exact duplicates dropped) and build the vocabulary
-   from the merged counts, exactly as :meth:`ItemVocab.build` does on the whole log;
+   from the merged counts, exactly as :meth:`ItemVocab.build` does on the whole log (or
+   take a given one, e.g. a saved model's for ``init_from``: this pass is then skipped);
 4. sort each bucket by user and time, encode the items and write one shard of
    ``user_id``, ``length`` and ``items`` (a list of int32 tokens) rows, oldest event
    first, in row groups of :data:`ROW_GROUP_USERS` users (the unit the streaming reader
@@ -42,7 +43,7 @@ import pyarrow.parquet as pq
 from recbert.config import DataConfig
 from recbert.data.events import ITEM, TIME, USER, EventSource, canonical_events, check_events
 from recbert.data.sequences import LEAVE_ONE_OUT_MIN_EVENTS, EvalSet, Sequences
-from recbert.data.vocab import ItemVocab, item_counts, item_index, merge_item_counts
+from recbert.data.vocab import UNK, ItemVocab, item_counts, item_index, merge_item_counts
 from recbert.errors import DataError
 from recbert.io import atomic_dir
 
@@ -70,6 +71,7 @@ class ShardSet:
     n_events: int
     n_eval_users: int  # users with >= 3 events: validated and tested
     fingerprint: Optional[str]
+    vocab_given: bool = False  # written with a given vocabulary (e.g. a saved model's), not one built here
 
     @property
     def n_users(self) -> int:
@@ -165,9 +167,11 @@ def source_fingerprint(source: EventSource, data: DataConfig) -> Optional[str]:
 
 
 def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
-                 row_group_users: int = ROW_GROUP_USERS) -> ShardSet:
+                 row_group_users: int = ROW_GROUP_USERS, vocab: Optional[ItemVocab] = None) -> ShardSet:
     """Events ``source`` -> sequence shards in ``out_dir`` (replaced atomically), in row
-    groups of ``row_group_users`` users; see the module docstring."""
+    groups of ``row_group_users`` users; see the module docstring. ``vocab``: encode the
+    items with this vocabulary (items it lacks read as ``[UNK]`` or its hash buckets) instead
+    of building one from the events; the vocabulary settings of ``data`` then do not apply."""
     started = time.perf_counter()
     lf, where = canonical_events(source, data.user_col, data.item_col, data.time_col)
     n_rows = check_events(lf, where, data.user_col, data.item_col, data.time_col)
@@ -182,19 +186,22 @@ def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
            .with_columns((pl.col(USER).hash(0) % n_buckets).alias(BUCKET))
            .sink_parquet(pl.PartitionBy(buckets, key=BUCKET, include_key=False), mkdir=True))
         bucket_dirs = sorted(d for d in buckets.iterdir() if d.is_dir())
-        counts = merge_item_counts(*(item_counts(_read_bucket(d), ITEM, ORDER) for d in bucket_dirs))
-        n_dupes = n_rows - int(counts["n"].sum())
-        if n_dupes:
-            log.info("%s: dropped %d exact duplicate event(s) of %d", where, n_dupes, n_rows)
-        vocab = ItemVocab.from_counts(counts, data.min_item_count, data.max_items, data.hash_buckets)
+        given = vocab is not None
+        if vocab is None:
+            counts = merge_item_counts(*(item_counts(_read_bucket(d), ITEM, ORDER) for d in bucket_dirs))
+            vocab = ItemVocab.from_counts(counts, data.min_item_count, data.max_items, data.hash_buckets)
+            del counts
         vocab.save(tmp / VOCAB_FILE)
-        del counts
         train_counts = np.zeros(vocab.n_items, dtype=np.int64)
-        files, rows, n_events, n_eval, n_short = [], [], 0, 0, 0
+        files, rows, n_events, n_eval, n_short, n_unique, n_unk = [], [], 0, 0, 0, 0, 0
         for i, d in enumerate(bucket_dirs):
             name = f"part-{i:05d}.parquet"
-            seqs, dropped = _bucket_sequences(_read_bucket(d), vocab, data.min_user_events)
+            bucket = _read_bucket(d)
+            n_unique += bucket.height
+            seqs, dropped = _bucket_sequences(bucket, vocab, data.min_user_events)
+            del bucket
             n_short += dropped
+            n_unk += int((seqs.items == UNK).sum())
             if len(seqs) == 0:
                 continue
             _write_shard(tmp / name, seqs, row_group_users)
@@ -204,6 +211,11 @@ def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
             n_eval += int((seqs.lengths >= LEAVE_ONE_OUT_MIN_EVENTS).sum())
             _add_train_counts(train_counts, seqs)
         shutil.rmtree(buckets, ignore_errors=True)
+        if n_rows > n_unique:
+            log.info("%s: dropped %d exact duplicate event(s) of %d", where, n_rows - n_unique, n_rows)
+        if given and n_unk:
+            log.info("%d of %d events (%.1f%%) are items the given vocabulary lacks: they read as [UNK]", n_unk,
+                     n_events, 100 * n_unk / max(n_events, 1))
         if n_short:
             log.info("dropped %d user(s) with fewer than %d events", n_short, data.min_user_events)
         if not files:
@@ -212,7 +224,8 @@ def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
             raise DataError(f"{where}: leave-one-out split: no user has 3 or more events, nothing to evaluate")
         np.save(tmp / COUNTS_FILE, train_counts, allow_pickle=False)
         manifest = {"format": FORMAT, "files": files, "rows": rows, "n_events": n_events, "n_eval_users": n_eval,
-                    "n_items": vocab.n_items, "fingerprint": source_fingerprint(source, data), "source": where}
+                    "n_items": vocab.n_items, "fingerprint": source_fingerprint(source, data), "source": where,
+                    "vocab_given": given}
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     seconds = time.perf_counter() - started
     log.info("wrote %s: %d shard(s), %d users, %d events, %d items in %.1fs (%.0f events/s)", out, len(files),
@@ -274,20 +287,28 @@ def open_shards(directory: str | Path) -> ShardSet:
         if not (d / name).is_file():
             raise DataError(f"shard folder {d}: {name} is missing; delete the folder and run again")
     return ShardSet(d, files, rows, int(manifest["n_events"]), int(manifest["n_eval_users"]),
-                    manifest.get("fingerprint"))
+                    manifest.get("fingerprint"), bool(manifest.get("vocab_given", False)))
 
 
-def ensure_shards(source: EventSource, data: DataConfig) -> ShardSet:
+def ensure_shards(source: EventSource, data: DataConfig, vocab: Optional[ItemVocab] = None) -> ShardSet:
     """The shards in ``data.shards``: reused when they were written from the same source
-    files with the same settings, (re)written otherwise."""
+    files with the same settings and hold the right vocabulary (``vocab`` when given, else
+    one built from the events), (re)written otherwise."""
     assert data.shards is not None
     folder = Path(data.shards)
     fingerprint = source_fingerprint(source, data)
     if (folder / MANIFEST_FILE).is_file() and fingerprint is not None:
         existing = open_shards(folder)
-        if existing.fingerprint == fingerprint:
+        if existing.fingerprint != fingerprint:
+            log.info("the shards in %s were written from other events or settings: writing them again", folder)
+        elif vocab is not None and existing.vocab() != vocab:
+            log.info("the shards in %s hold another item vocabulary than the model's: writing them again with the "
+                     "model's", folder)
+        elif vocab is None and existing.vocab_given:
+            log.info("the shards in %s were written with a saved model's vocabulary: writing them again with one "
+                     "built from the events", folder)
+        else:
             log.info("reusing the sequence shards in %s (%d users, %d events)", folder, existing.n_users,
                      existing.n_events)
             return existing
-        log.info("the shards in %s were written from other events or settings: writing them again", folder)
-    return write_shards(source, folder, data)
+    return write_shards(source, folder, data, vocab=vocab)

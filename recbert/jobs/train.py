@@ -99,17 +99,18 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
     seed_everything(config.seed)
     set_threads(config.threads)
     device = context.device
-    if config.data.shards is not None:  # one writer: rank 0 writes (or checks) the shards, every rank reads them
-        shards = on_main(lambda: ensure_shards(events if events is not None else config.data.events, config.data),
-                         context)
-        vocab, splits = shard_splits(shards)
-        model = build_model(config, vocab)
-    elif config.init_from is not None:  # the saved model's vocabulary reads the events
+    model: Optional[SequenceRecommender] = None
+    if config.init_from is not None:  # the saved model's vocabulary reads the events
         model = warm_start(config.init_from, config.model, config.data.item_features, config.data.item_col,
                            config.data.item_feature_columns)
-        vocab, splits = prepare_data(config, events, vocab=model.vocab)
+    given = model.vocab if model is not None else None
+    if config.data.shards is not None:  # one writer: rank 0 writes (or checks) the shards, every rank reads them
+        source = events if events is not None else config.data.events
+        shards = on_main(lambda: ensure_shards(source, config.data, given), context)
+        vocab, splits = shard_splits(shards, given)
     else:
-        vocab, splits = prepare_data(config, events)
+        vocab, splits = prepare_data(config, events, vocab=given)
+    if model is None:
         model = build_model(config, vocab)
     if context.rank:  # dropout: an independent stream on each further rank (rank 0 continues as one process)
         torch.manual_seed(rank_seed(config.seed, context.rank))

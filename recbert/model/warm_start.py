@@ -17,7 +17,8 @@ import torch
 
 from recbert.config import ConfigError, ModelConfig
 from recbert.data.features import load_item_features
-from recbert.model.recommender import SequenceRecommender
+from recbert.data.vocab import ItemVocab
+from recbert.model.recommender import VOCAB_FILE, SequenceRecommender
 
 # filled from the saved vocabulary and feature tables
 DATA_DECIDED = ("n_tokens", "hash_buckets", "feature_cardinalities", "feature_widths")
@@ -55,6 +56,12 @@ def warm_start(directory: str | Path, model: ModelConfig, item_features: Optiona
     log.info("starting from the model in %s (%d items%s)", directory, saved.vocab.n_items,
              f", item features {sorted(config.feature_cardinalities)}" if config.feature_cardinalities else "")
     return started
+
+
+def saved_vocab(directory: str | Path) -> ItemVocab:
+    """The item vocabulary of the model saved in ``directory``, without its weights (e.g. to
+    write the sequence shards a run with ``init_from`` will read)."""
+    return ItemVocab.load(Path(directory) / VOCAB_FILE)
 
 
 def check_feature_tables(saved: SequenceRecommender, directory: str | Path, path: str, item_col: str,

@@ -4,6 +4,7 @@ in-memory path; reuse by fingerprint; bad folders and files named in one error."
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from recbert.config import DataConfig, RunConfig
 from recbert.data.prepare import prepare_data
 from recbert.data.shards import MANIFEST_FILE, ensure_shards, open_shards, write_shards
+from recbert.data.vocab import UNK, ItemVocab
 from recbert.errors import DataError
 from tests.conftest import cyclic_events
 
@@ -79,6 +81,36 @@ def test_shards_are_reused_for_the_same_events_and_settings_and_rewritten_otherw
     f = next(folder.rglob("*.parquet"))
     os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # the events changed
     assert ensure_shards(folder, data).fingerprint not in (first.fingerprint, other.fingerprint)
+
+
+def test_shards_written_with_a_given_vocabulary_match_the_in_memory_path_and_are_reused_only_with_it(
+        tmp_path, caplog):
+    folder = events_folder(tmp_path)
+    data = DataConfig(events=str(folder), shards=str(tmp_path / "shards"), shard_events=400)
+    # a saved model's vocabulary: another log, which lacks some of these items and has others
+    given = ItemVocab.build(pl.Series("item_id", [*range(10, 60), 900, 901]))
+    shards = ensure_shards(folder, data, given)
+    assert shards.vocab_given and shards.vocab() == given and len(shards.files) > 1
+    vocab, memory = prepare_data(RunConfig(data=DataConfig(events=str(folder))), vocab=given)
+    assert vocab is given
+    assert by_user(shards.eval_set("val")) == by_user(memory.val)
+    assert by_user(shards.eval_set("test")) == by_user(memory.test)
+    streamed = np.concatenate([s.items for s in shards.iter_sequences()])
+    assert (streamed == UNK).sum() > 0 and np.isin(streamed[streamed != UNK], given.encode(np.arange(10, 60))).all()
+
+    manifest = tmp_path / "shards" / MANIFEST_FILE
+    written = manifest.stat().st_mtime_ns
+    assert ensure_shards(folder, data, given) == shards and manifest.stat().st_mtime_ns == written
+    caplog.set_level(logging.INFO)
+    built = ensure_shards(folder, data)  # a run without a saved model builds its own vocabulary
+    assert "with one built from the events" in caplog.text
+    assert not built.vocab_given and built.vocab() == prepare_data(RunConfig(data=DataConfig(events=str(folder))))[0]
+    written = manifest.stat().st_mtime_ns
+    assert ensure_shards(folder, data, built.vocab()) == built  # the same vocabulary, given: reused
+    assert manifest.stat().st_mtime_ns == written
+    caplog.clear()
+    assert ensure_shards(folder, data, given).vocab() == given
+    assert "another item vocabulary than the model's: writing them again" in caplog.text
 
 
 def test_a_folder_that_does_not_hold_shards_is_never_replaced(tmp_path):

@@ -8,6 +8,8 @@ import polars as pl
 import pytest
 
 from recbert.cli import main
+from recbert.data.shards import open_shards
+from recbert.model.recommender import SequenceRecommender
 from tests.conftest import cyclic_events
 
 FAST = ["--set", "model.hidden=32", "--set", "model.intermediate=64", "--set", "model.max_len=12",
@@ -250,6 +252,14 @@ def test_init_from_fine_tunes_a_saved_model_on_another_log(tmp_path, cyclic_parq
                             "--set", "model.hidden=16"], capsys)
     assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "model.hidden = 32 (this run: 16)" in err
-    code, _, err = run_cli(["-q", "train", "--events", str(narrow), *still, "--set", f"init_from={saved}",
-                            "--set", f"data.shards={tmp_path / 'sh'}"], capsys)
-    assert code != 0 and "init_from works on in-memory sequences only" in err and "Traceback" not in err
+    # out of core: the shards are written with the saved vocabulary, and the run is the same
+    caplog.clear()
+    streamed = hr10(["--set", f"init_from={saved}", "--set", "model.dropout=0.3",
+                     "--set", f"data.shards={tmp_path / 'sh'}"])
+    assert streamed == warm, (streamed, warm)
+    assert "are items the given vocabulary lacks: they read as [UNK]" in caplog.text
+    assert open_shards(tmp_path / "sh").vocab() == SequenceRecommender.from_pretrained(saved).vocab
+    code, out, err = run_cli(["-q", "shard", "--events", str(narrow), "--out", str(tmp_path / "sh2"),
+                              "--set", f"init_from={saved}"], capsys)  # written ahead, as a train run would
+    assert code == 0, err
+    assert open_shards(tmp_path / "sh2").vocab() == open_shards(tmp_path / "sh").vocab() and "60 items" in out
