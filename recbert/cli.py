@@ -175,6 +175,24 @@ def shard(config: Path | None, overrides: tuple[str, ...], events: str | None, o
                f"{shards.vocab().n_items} items, {shards.n_eval_users} evaluated users")
 
 
+@cli.command("cut-broad")
+@config_option
+@set_option
+@click.option("--broad", required=True, help="The broad log to pretrain on (parquet file or folder).")
+@click.option("--target", required=True, help="The target log the fine-tuning run trains and is evaluated on.")
+@click.option("--out", required=True, help="The cut broad log (parquet file; replaced whole).")
+def cut_broad(config: Path | None, overrides: tuple[str, ...], broad: str, target: str, out: str) -> None:
+    """Write the broad log without anything the target run holds out, or anything after it, per
+    user (leave-one-out: from each user's validation event on; time split: from the validation
+    cut on), to pretrain on before fine-tuning on the target with init_from. The split and the
+    column names are the config's [data] section: give the target run's config."""
+    from recbert.data.holdout import write_cut_before_holdout
+
+    cfg = _load_config(config, overrides, None, True)
+    kept, total = write_cut_before_holdout(broad, target, out, cfg.data)
+    click.echo(f"{out}: kept {kept} of {total} broad events (split: {cfg.data.split})")
+
+
 def _model_dir(model_dir: Path | None, run_id: str | None) -> Path:
     from recbert.model.checkpoint import resolve_model_dir
 

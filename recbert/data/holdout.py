@@ -9,11 +9,18 @@ event of the users the target log does not evaluate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TypeVar
+
 import polars as pl
 
 from recbert.config import DataConfig
+from recbert.data.events import scan_parquet
 from recbert.data.sequences import LEAVE_ONE_OUT_MIN_EVENTS, time_split_cuts
 from recbert.errors import DataError
+from recbert.io import atomic_path
+
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 
 
 def holdout_starts(target: pl.DataFrame, data: DataConfig) -> pl.DataFrame | float:
@@ -32,20 +39,44 @@ def holdout_starts(target: pl.DataFrame, data: DataConfig) -> pl.DataFrame | flo
             .select(user, "_start"))
 
 
-def cut_before_holdout(broad: pl.DataFrame, target: pl.DataFrame, data: DataConfig) -> pl.DataFrame:
+def cut_before_holdout(broad: Frame, target: pl.DataFrame, data: DataConfig,
+                       names: tuple[str, str] = ("broad log", "target log")) -> Frame:
     """``broad`` without any event at or after the start of its user's held-out events in
-    ``target`` (both with the columns ``data`` names; ``data.split`` as the target run uses)."""
+    ``target`` (both with the columns ``data`` names; ``data.split`` as the target run uses).
+    ``broad`` may be lazy (the result is then lazy too); ``names`` name the two logs in errors."""
     user, time = data.user_col, data.time_col
-    for name, frame in (("broad", broad), ("target", target)):
-        missing = [c for c in (user, time) if c not in frame.columns]
+    schemas = broad.collect_schema(), target.collect_schema()
+    for name, schema in zip(names, schemas):
+        missing = [c for c in (user, time) if c not in schema]
         if missing:
-            raise DataError(f"the {name} log has no column(s) {missing}; found {frame.columns}")
+            raise DataError(f"the {name} has no column(s) {missing}; found {schema.names()}")
+    if schemas[0][time] != schemas[1][time]:
+        raise DataError(f"the {names[0]}'s {time!r} is {schemas[0][time]} but the {names[1]}'s is "
+                        f"{schemas[1][time]}: store both times the same way")
     starts = holdout_starts(target, data)
     if isinstance(starts, float):
         return broad.filter(pl.col(time) < starts)
-    if broad.schema[user] != target.schema[user]:
-        raise DataError(f"the broad log's {user!r} is {broad.schema[user]} but the target log's is "
-                        f"{target.schema[user]}: the same users need the same ids")
+    if schemas[0][user] != schemas[1][user]:
+        raise DataError(f"the {names[0]}'s {user!r} is {schemas[0][user]} but the {names[1]}'s is "
+                        f"{schemas[1][user]}: the same users need the same ids")
+    if isinstance(broad, pl.LazyFrame):
+        starts = starts.lazy()
     return (broad.join(starts, on=user, how="left")
             .filter(pl.col("_start").is_null() | (pl.col(time) < pl.col("_start")))
             .drop("_start"))
+
+
+def write_cut_before_holdout(broad: str | Path, target: str | Path, out: str | Path,
+                             data: DataConfig) -> tuple[int, int]:
+    """:func:`cut_before_holdout` on parquet files or folders: the broad log is streamed (every
+    column kept), the target log's user and time columns read, and the cut broad log written
+    to ``out`` (a temporary file renamed into place). Returns (events kept, broad events)."""
+    broad_lf, broad_where = scan_parquet(broad)
+    target_lf, target_where = scan_parquet(target)
+    columns = [c for c in (data.user_col, data.time_col) if c in target_lf.collect_schema()]
+    cut = cut_before_holdout(broad_lf, target_lf.select(columns).collect(), data,
+                             (f"broad log {broad_where}", f"target log {target_where}"))
+    with atomic_path(out) as tmp:
+        cut.sink_parquet(tmp)
+    kept = pl.scan_parquet(out).select(pl.len()).collect().item()
+    return kept, broad_lf.select(pl.len()).collect().item()

@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 from recbert.config import DataConfig
+from recbert.cli import main
 from recbert.data.holdout import cut_before_holdout
 from recbert.data.sequences import build_sequences, leave_one_out
 from recbert.data.vocab import ItemVocab
@@ -72,3 +73,33 @@ def test_mismatched_ids_and_missing_columns_are_named():
         cut_before_holdout(broad, target, LOO)
     with pytest.raises(DataError, match=r"the broad log has no column\(s\) \['timestamp'\]"):
         cut_before_holdout(target.drop("timestamp"), target, LOO)
+
+
+def test_cut_broad_writes_the_cut_of_parquet_files_and_names_them_in_errors(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    n = 2000
+    broad = pl.DataFrame({"user_id": rng.integers(0, 50, n), "item_id": rng.integers(0, 90, n),
+                          "timestamp": rng.integers(0, 40, n), "rating": rng.integers(1, 6, n)})
+    target = broad.filter(pl.col("rating") >= 4).drop("rating")
+    folder = tmp_path / "broad"
+    folder.mkdir()
+    broad.head(900).write_parquet(folder / "a.parquet")
+    broad.slice(900).write_parquet(folder / "b.parquet")
+    target.write_parquet(tmp_path / "target.parquet")
+    out = tmp_path / "cut.parquet"
+    args = ["cut-broad", "--broad", str(folder), "--target", str(tmp_path / "target.parquet"), "--out", str(out)]
+    assert main(args) == 0
+    expected = cut_before_holdout(broad, target, LOO)
+    assert pl.read_parquet(out).sort(pl.all()).equals(expected.sort(pl.all()))  # every column kept
+    assert f"kept {expected.height} of {n} broad events (split: leave_one_out)" in capsys.readouterr().out
+    assert 0 < expected.height < n
+
+    out.write_bytes(b"the previous cut")
+    target.rename({"timestamp": "ts"}).write_parquet(tmp_path / "bad.parquet")
+    assert main([*args[:4], str(tmp_path / "bad.parquet"), *args[5:]]) != 0
+    err = capsys.readouterr().err
+    assert f"the target log {tmp_path / 'bad.parquet'} has no column(s) ['timestamp']" in err
+    assert len(err.strip().splitlines()) == 1 and out.read_bytes() == b"the previous cut"
+    target.with_columns(pl.col("timestamp").cast(pl.Float64)).write_parquet(tmp_path / "float.parquet")
+    assert main([*args[:4], str(tmp_path / "float.parquet"), *args[5:]]) != 0
+    assert "'timestamp' is Int64 but the target log" in capsys.readouterr().err
