@@ -221,16 +221,21 @@ def _window(config: FinetuneRunConfig, model_config: ModelConfig) -> int:
 
 
 # -- classification ---------------------------------------------------------------------------
+def bag_of_items(rows: np.ndarray, n_tokens: int):
+    """``[len(rows), n_tokens]`` sparse counts of each row's tokens (padding left out)."""
+    from scipy.sparse import csr_matrix
+
+    r, c = np.nonzero(rows != PAD)
+    return csr_matrix((np.ones(len(r)), (r, rows[r, c])), shape=(len(rows), n_tokens))
+
+
 def tfidf_baseline(task: UserTask, train_idx: np.ndarray, test_idx: np.ndarray, n_tokens: int,
                    seed: int) -> np.ndarray:
     """LogisticRegression on TF-IDF bag-of-items of the same rows; test probabilities."""
-    from scipy.sparse import csr_matrix
     from sklearn.feature_extraction.text import TfidfTransformer
     from sklearn.linear_model import LogisticRegression
 
-    rows = task.rows
-    r, c = np.nonzero(rows != PAD)
-    counts = csr_matrix((np.ones(len(r)), (r, rows[r, c])), shape=(len(rows), n_tokens))
+    counts = bag_of_items(task.rows, n_tokens)
     tfidf = TfidfTransformer(sublinear_tf=True).fit(counts[train_idx])
     clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
     clf.fit(tfidf.transform(counts[train_idx]), task.labels[train_idx])
