@@ -32,6 +32,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Optional
 
 import polars as pl
 import torch
@@ -49,18 +50,27 @@ from recbert.allocator import reexec_with_fast_allocator  # noqa: E402
 from quality import table  # noqa: E402  (benchmarks/quality.py: the same test tables)
 
 EVENTS = ROOT / "data" / "ml-100k" / "events.parquet"
+ITEMS = ROOT / "data" / "ml-100k" / "items.parquet"
 RECIPE = ROOT / "configs" / "sequential.toml"
 TEST_KEYS = ("test/unseen/ndcg@10", "test/unseen/hr@10", "test/all/ndcg@10", "test/all/hr@10")
 
 
-def write_logs(events: Path, min_rating: int, work: Path, data: DataConfig) -> tuple[Path, Path, dict[str, int]]:
-    """The target log (ratings >= min_rating) and the broad log (every rating, cut before the
-    target's held-out events) as parquet files under ``work``."""
+def write_logs(events: Path, min_rating: int, work: Path, data: DataConfig,
+               genre: Optional[str] = None) -> tuple[Path, Path, dict[str, int]]:
+    """The target log (ratings >= min_rating; of the movies of ``genre`` only, when given) and
+    the broad log (every rating, cut before the target's held-out events) as parquet files
+    under ``work``."""
     ratings = pl.read_parquet(events)
     target = ratings.filter(pl.col("rating") >= min_rating)
+    if genre is not None:
+        movies = pl.read_parquet(ITEMS).filter(pl.col("genres").list.contains(genre))["item_id"]
+        if movies.is_empty():
+            raise SystemExit(f"no movie in {ITEMS} has the genre {genre!r}")
+        target = target.filter(pl.col("item_id").is_in(movies.implode()))
     broad = cut_before_holdout(ratings, target, data)
     work.mkdir(parents=True, exist_ok=True)
-    paths = work / f"target-r{min_rating}.parquet", work / f"broad-r{min_rating}.parquet"
+    tag = f"r{min_rating}" + (f"-{genre}" if genre else "")
+    paths = work / f"target-{tag}.parquet", work / f"broad-{tag}.parquet"
     for frame, path in zip((target, broad), paths):
         frame.write_parquet(path)
     return *paths, {"ratings": ratings.height, "target": target.height, "broad": broad.height}
@@ -70,6 +80,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one run per arm each")
     ap.add_argument("--min-rating", type=int, default=4, help="the target log's ratings: at least this")
+    ap.add_argument("--genre", help="the target log: only the movies of this genre (e.g. Drama)")
+    ap.add_argument("--arms", default="mlm,next", help="the pretrained arms to run: mlm (cloze), next (next-item)")
     ap.add_argument("--pretrain-epochs", type=int, default=40, help="the cloze arm's pretraining epochs")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "broad")
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[],
@@ -79,13 +91,21 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     common = ["data.item_feature_columns=[]", "pretrain.objective=mlm", *args.overrides]
     data = RunConfig.load(RECIPE, common).data
-    target, broad, sizes = write_logs(EVENTS, args.min_rating, args.work, data)
-    print(f"events: {sizes['ratings']} ratings; target log (rating >= {args.min_rating}) {sizes['target']}; "
+    target, broad, sizes = write_logs(EVENTS, args.min_rating, args.work, data, args.genre)
+    print(f"events: {sizes['ratings']} ratings; target log (rating >= {args.min_rating}"
+          f"{f', {args.genre} movies' if args.genre else ''}) {sizes['target']}; "
           f"broad log (every rating before each user's held-out target events) {sizes['broad']}", flush=True)
+    pretrained = {"mlm": ("cloze on broad -> target", [f"pretrain.epochs={args.pretrain_epochs}", "train.epochs=0",
+                                                       "refit=false"]),
+                  "next": ("next-item on broad -> target", ["refit=false"])}
+    chosen = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not chosen or any(a not in pretrained for a in chosen):
+        ap.error(f"--arms takes a comma-separated choice of {list(pretrained)}, got {args.arms!r}")
+    prefix = f"broad-{args.genre.lower()}" if args.genre else "broad"
 
     def train(events: Path, name: str, seed: int, *extra: str):
         cfg = RunConfig.load(RECIPE, [*common, f"data.events={events}", f"seed={seed}",
-                                      f"tracking.experiment=broad-{name}", *extra])
+                                      f"tracking.experiment={prefix}-{name}", *extra])
         started = time.perf_counter()
         result = run_training(cfg)
         wall = time.perf_counter() - started
@@ -94,7 +114,7 @@ def main() -> None:
               f"unseen {result.test_metrics['test/unseen/ndcg@10']:.4f}", flush=True)
         return result, wall
 
-    arms = ("target only", "cloze on broad -> target", "next-item on broad -> target")
+    arms = ("target only", *(pretrained[a][0] for a in chosen))
     runs: dict[str, list] = {a: [] for a in arms}
     walls: dict[str, list[float]] = {a: [] for a in arms}
     unfinetuned: list[dict[str, float]] = []
@@ -102,9 +122,8 @@ def main() -> None:
         result, wall = train(target, "target", seed)
         runs["target only"].append(result)
         walls["target only"].append(wall)
-        for arm, name, stage in (("cloze on broad -> target", "mlm", [f"pretrain.epochs={args.pretrain_epochs}",
-                                                                     "train.epochs=0", "refit=false"]),
-                                 ("next-item on broad -> target", "next", ["refit=false"])):
+        for name in chosen:
+            arm, stage = pretrained[name]
             pre, pre_wall = train(broad, f"{name}-broad", seed, *stage)
             if name == "next":
                 unfinetuned.append({f"test/{k}": v for k, v in run_evaluation(pre.model_dir, str(target)).items()})
@@ -115,7 +134,8 @@ def main() -> None:
     print(f"\n## broad pretraining, MovieLens-100K: {datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
     print(f"command: .venv/bin/python benchmarks/broad_pretraining.py --seeds {args.seeds} --min-rating "
-          f"{args.min_rating} --pretrain-epochs {args.pretrain_epochs}"
+          f"{args.min_rating}{f' --genre {args.genre}' if args.genre else ''} --arms {args.arms} "
+          f"--pretrain-epochs {args.pretrain_epochs}"
           + "".join(f" --set {o}" for o in args.overrides))
     for arm in arms:
         rows = [r.test_metrics for r in runs[arm]]
@@ -123,8 +143,9 @@ def main() -> None:
         print(f"wall time per seed (pretraining + fine-tuning) {', '.join(f'{w / 60:.1f}' for w in walls[arm])} min")
         print(f"test, mean ± std over {len(rows)} seed(s):\n" + "\n".join(table(rows, "test")))
         print(f"best validation per seed: {', '.join(f'{selecting_score(r.stages):.4f}' for r in runs[arm])}")
-    print("\n### next-item on broad, not fine-tuned, tested on the target split:\n"
-          + "\n".join(table(unfinetuned, "test")))
+    if unfinetuned:
+        print("\n### next-item on broad, not fine-tuned, tested on the target split:\n"
+              + "\n".join(table(unfinetuned, "test")))
     alone = runs["target only"]
     for arm in arms[1:]:
         rows = [MetricRow("val", seeds, [selecting_score(r.stages) for r in alone],
