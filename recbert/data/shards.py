@@ -201,7 +201,8 @@ def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
             seqs, dropped = _bucket_sequences(bucket, vocab, data.min_user_events)
             del bucket
             n_short += dropped
-            n_unk += int((seqs.items == UNK).sum())
+            if given:  # reported for a given vocabulary only (a built one holds every item it kept)
+                n_unk += int((seqs.items == UNK).sum())
             if len(seqs) == 0:
                 continue
             _write_shard(tmp / name, seqs, row_group_users)
@@ -213,7 +214,7 @@ def write_shards(source: EventSource, out_dir: str | Path, data: DataConfig,
         shutil.rmtree(buckets, ignore_errors=True)
         if n_rows > n_unique:
             log.info("%s: dropped %d exact duplicate event(s) of %d", where, n_rows - n_unique, n_rows)
-        if given and n_unk:
+        if n_unk:
             log.info("%d of %d events (%.1f%%) are items the given vocabulary lacks: they read as [UNK]", n_unk,
                      n_events, 100 * n_unk / max(n_events, 1))
         if n_short:
