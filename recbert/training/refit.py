@@ -6,7 +6,12 @@ without validation. The train job refits the last stage.
 Why: under leave-one-out the validation target is the newest event a model may learn
 from before the test, and item popularity drifts between the last positions (Beauty: item
 frequency in training correlates 0.64 with the validation targets' and 0.45 with the test
-targets', BENCHMARKS.md). A model selected on validation never trained on that event."""
+targets', BENCHMARKS.md). A model selected on validation never trained on that event.
+
+A refit starts its random streams afresh from the run's seed (dropout draws from the global
+generators), so it depends on the weights it starts from and the epochs chosen, not on how
+long the selection ran past its best epoch (a longer patience chooses the same model and
+now refits it to the same weights)."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ import torch
 from recbert.config import DataConfig, EvalConfig, StageConfig
 from recbert.data.sequences import Splits, with_validation_targets
 from recbert.model.recommender import SequenceRecommender
-from recbert.runtime import DistributedContext
+from recbert.runtime import DistributedContext, rank_seed, seed_everything
 from recbert.training.checkpoints import Checkpointing
 from recbert.training.loop import FitResult
 from recbert.training.trainer import MetricSink, train_stage
@@ -41,7 +46,9 @@ def refit_stage(model: SequenceRecommender, splits: Splits, stage: StageConfig, 
     """Train ``model`` (holding the weights the stage started from) in place through
     ``stage`` again, for the epochs ``selected`` (the result of its selection run) chose,
     named ``refit_<stage>``, on the training sequences plus the validation targets
-    (``checkpointing`` / ``resume`` as in :func:`~recbert.training.loop.fit`)."""
+    (``checkpointing`` / ``resume`` as in :func:`~recbert.training.loop.fit`: a resumed refit
+    continues the random states its checkpoint saved)."""
+    seed_everything(rank_seed(seed, context.rank))
     refit = dataclasses.replace(splits, train=with_validation_targets(splits.train, splits.val))
     log.info("refit of %s on %d sequences with the validation targets: %d epochs", selected.name, len(refit.train),
              refit_epochs(selected))
