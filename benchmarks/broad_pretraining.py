@@ -20,7 +20,7 @@ only" (best validation and test, per seed, mean and sample std), with the wall t
 each arm (pretraining + fine-tuning).
 
     .venv/bin/python benchmarks/broad_pretraining.py [--seeds 0,1,2] [--min-rating 4] [--pretrain-epochs 40]
-        [--set key=value ...]
+        [--tag TAG] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def main() -> None:
     ap.add_argument("--arms", default="mlm,next", help="the pretrained arms to run: mlm (cloze), next (next-item)")
     ap.add_argument("--pretrain-epochs", type=int, default=40, help="the cloze arm's pretraining epochs")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "broad")
+    ap.add_argument("--tag", help="added to the MLflow experiments' names (broad[-GENRE][-TAG]-ARM), so that a "
+                                  "re-measurement does not mix with the runs before it")
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[],
                     help="key=value for every run (e.g. threads=1)")
     args = ap.parse_args()
@@ -101,7 +103,7 @@ def main() -> None:
     chosen = [a.strip() for a in args.arms.split(",") if a.strip()]
     if not chosen or any(a not in pretrained for a in chosen):
         ap.error(f"--arms takes a comma-separated choice of {list(pretrained)}, got {args.arms!r}")
-    prefix = f"broad-{args.genre.lower()}" if args.genre else "broad"
+    prefix = "-".join(["broad", *([args.genre.lower()] if args.genre else []), *([args.tag] if args.tag else [])])
 
     def train(events: Path, name: str, seed: int, *extra: str):
         cfg = RunConfig.load(RECIPE, [*common, f"data.events={events}", f"seed={seed}",
