@@ -1,9 +1,13 @@
 """Pretraining on a broad log, fine-tuning on the target log (issue #9): does a pretraining
 stage pay when it brings events the target training lacks?
 
-The target: MovieLens-100K's positive ratings (rating >= --min-rating) as next-item data,
-leave-one-out, full ranking over every item, history excluded. The broad log: every rating,
-cut before each user's held-out target events (``recbert.data.holdout``: nothing the target
+The target (by default): MovieLens-100K's positive ratings (rating >= --min-rating) as
+next-item data, leave-one-out, full ranking over every item, history excluded; ``--with
+COLUMN=VALUE`` keeps only the items whose COLUMN in ``--items`` holds VALUE (``--genre Drama``
+is ``--with genres=Drama``). ``--events`` / ``--items`` take another log, e.g. Beauty as
+``recbert import s3rec`` writes it, with ``--with attributes=17`` (one category's items; a
+log without a rating column keeps every event). The broad log: every event, cut before each
+user's held-out target events (``recbert.data.holdout``: nothing the target
 validates or tests on, nor anything after it, is in it). Per seed:
 
 - target only: the recipe (``configs/sequential.toml``, no item features) on the target log;
@@ -20,7 +24,7 @@ only" (best validation and test, per seed, mean and sample std), with the wall t
 each arm (pretraining + fine-tuning).
 
     .venv/bin/python benchmarks/broad_pretraining.py [--seeds 0,1,2] [--min-rating 4] [--pretrain-epochs 40]
-        [--tag TAG] [--set key=value ...]
+        [--with COLUMN=VALUE | --genre G] [--events E --items I] [--tag TAG] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -55,22 +59,55 @@ RECIPE = ROOT / "configs" / "sequential.toml"
 TEST_KEYS = ("test/unseen/ndcg@10", "test/unseen/hr@10", "test/all/ndcg@10", "test/all/hr@10")
 
 
-def write_logs(events: Path, min_rating: int, work: Path, data: DataConfig,
-               genre: Optional[str] = None) -> tuple[Path, Path, dict[str, int]]:
-    """The target log (ratings >= min_rating; of the movies of ``genre`` only, when given) and
-    the broad log (every rating, cut before the target's held-out events) as parquet files
-    under ``work``."""
+def log_name(events: Path) -> str:
+    """A log's name: the file's stem, or its folder's name for a file called events.parquet."""
+    return events.parent.name if events.stem == "events" else events.stem
+
+
+def item_filter(spec: str) -> tuple[str, str]:
+    """``COLUMN=VALUE`` as a pair."""
+    column, sep, value = spec.partition("=")
+    if not sep or not column or not value:
+        raise argparse.ArgumentTypeError(f"takes COLUMN=VALUE (e.g. genres=Drama), got {spec!r}")
+    return column, value
+
+
+def items_with(items: Path, column: str, value: str) -> pl.Series:
+    """The ids of the items whose ``column`` (a list column, or a scalar one) holds ``value``
+    (read as the column's element type)."""
+    frame = pl.read_parquet(items)
+    if column not in frame.columns:
+        raise SystemExit(f"{items} has no column {column!r}; found {frame.columns}")
+    dtype = frame.schema[column]
+    inner = dtype.inner if isinstance(dtype, pl.List) else dtype
+    try:
+        typed = pl.Series([value]).cast(inner, strict=True)[0]
+    except pl.exceptions.InvalidOperationError:
+        raise SystemExit(f"{items}: {column!r} holds {inner}, and {value!r} is not one") from None
+    held = pl.col(column).list.contains(typed) if isinstance(dtype, pl.List) else pl.col(column) == typed
+    ids = frame.filter(held)["item_id"]
+    if ids.is_empty():
+        raise SystemExit(f"no item in {items} has {value!r} in {column!r}")
+    return ids
+
+
+def write_logs(events: Path, min_rating: Optional[int], work: Path, data: DataConfig,
+               where: Optional[tuple[str, str]] = None, items: Path = ITEMS) -> tuple[Path, Path, dict[str, int]]:
+    """The target log (ratings >= ``min_rating`` when given; only the items of ``items`` whose
+    column ``where[0]`` holds ``where[1]``, when given) and the broad log (every event, cut
+    before the target's held-out events) as parquet files under ``work``."""
     ratings = pl.read_parquet(events)
-    target = ratings.filter(pl.col("rating") >= min_rating)
-    if genre is not None:
-        movies = pl.read_parquet(ITEMS).filter(pl.col("genres").list.contains(genre))["item_id"]
-        if movies.is_empty():
-            raise SystemExit(f"no movie in {ITEMS} has the genre {genre!r}")
-        target = target.filter(pl.col("item_id").is_in(movies.implode()))
+    target = ratings
+    if min_rating is not None:
+        if "rating" not in ratings.columns:
+            raise SystemExit(f"{events} has no rating column for --min-rating; found {ratings.columns}")
+        target = target.filter(pl.col("rating") >= min_rating)
+    if where is not None:
+        target = target.filter(pl.col(data.item_col).is_in(items_with(items, *where).implode()))
     broad = cut_before_holdout(ratings, target, data)
     work.mkdir(parents=True, exist_ok=True)
-    tag = f"r{min_rating}" + (f"-{genre}" if genre else "")
-    paths = work / f"target-{tag}.parquet", work / f"broad-{tag}.parquet"
+    tag = "-".join([*([f"r{min_rating}"] if min_rating is not None else []), *([f"{where[0]}-{where[1]}"] if where else [])])
+    paths = work / f"target-{tag or 'all'}.parquet", work / f"broad-{tag or 'all'}.parquet"
     for frame, path in zip((target, broad), paths):
         frame.write_parquet(path)
     return *paths, {"ratings": ratings.height, "target": target.height, "broad": broad.height}
@@ -79,8 +116,13 @@ def write_logs(events: Path, min_rating: int, work: Path, data: DataConfig,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, one run per arm each")
-    ap.add_argument("--min-rating", type=int, default=4, help="the target log's ratings: at least this")
-    ap.add_argument("--genre", help="the target log: only the movies of this genre (e.g. Drama)")
+    ap.add_argument("--events", type=Path, default=EVENTS, help="the log (default: MovieLens-100K's ratings)")
+    ap.add_argument("--items", type=Path, default=ITEMS, help="its items file, for --with")
+    ap.add_argument("--min-rating", type=int, help="the target log's ratings: at least this (default 4 when the "
+                                                   "events have a rating column, else every event)")
+    ap.add_argument("--with", dest="where", type=item_filter, metavar="COLUMN=VALUE",
+                    help="the target log: only the items whose COLUMN (of --items) holds VALUE")
+    ap.add_argument("--genre", help="the target log: only the movies of this genre (e.g. Drama): --with genres=G")
     ap.add_argument("--arms", default="mlm,next", help="the pretrained arms to run: mlm (cloze), next (next-item)")
     ap.add_argument("--pretrain-epochs", type=int, default=40, help="the cloze arm's pretraining epochs")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "broad")
@@ -93,17 +135,26 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     common = ["data.item_feature_columns=[]", "pretrain.objective=mlm", *args.overrides]
     data = RunConfig.load(RECIPE, common).data
-    target, broad, sizes = write_logs(EVENTS, args.min_rating, args.work, data, args.genre)
-    print(f"events: {sizes['ratings']} ratings; target log (rating >= {args.min_rating}"
-          f"{f', {args.genre} movies' if args.genre else ''}) {sizes['target']}; "
-          f"broad log (every rating before each user's held-out target events) {sizes['broad']}", flush=True)
+    if args.genre and args.where:
+        ap.error("--genre G is --with genres=G: give one of them")
+    where = ("genres", args.genre) if args.genre else args.where
+    min_rating = args.min_rating
+    if min_rating is None and "rating" in pl.read_parquet_schema(args.events):
+        min_rating = 4
+    target, broad, sizes = write_logs(args.events, min_rating, args.work, data, where, args.items)
+    kept = ", ".join([*([f"rating >= {min_rating}"] if min_rating is not None else []),
+                      *([f"items with {where[1]} in {where[0]}"] if where else [])]) or "every event"
+    print(f"events: {sizes['ratings']} in {args.events}; target log ({kept}) {sizes['target']}; "
+          f"broad log (every event before each user's held-out target events) {sizes['broad']}", flush=True)
     pretrained = {"mlm": ("cloze on broad -> target", [f"pretrain.epochs={args.pretrain_epochs}", "train.epochs=0",
                                                        "refit=false"]),
                   "next": ("next-item on broad -> target", ["refit=false"])}
     chosen = [a.strip() for a in args.arms.split(",") if a.strip()]
     if not chosen or any(a not in pretrained for a in chosen):
         ap.error(f"--arms takes a comma-separated choice of {list(pretrained)}, got {args.arms!r}")
-    prefix = "-".join(["broad", *([args.genre.lower()] if args.genre else []), *([args.tag] if args.tag else [])])
+    named = ([where[1].lower()] if args.genre else [f"{where[0]}-{where[1]}".lower()]) if where else []
+    prefix = "-".join(["broad", *([] if args.events == EVENTS else [log_name(args.events).lower()]), *named,
+                       *([args.tag] if args.tag else [])])
 
     def train(events: Path, name: str, seed: int, *extra: str):
         cfg = RunConfig.load(RECIPE, [*common, f"data.events={events}", f"seed={seed}",
@@ -133,10 +184,14 @@ def main() -> None:
             runs[arm].append(tuned)
             walls[arm].append(pre_wall + tune_wall)
 
-    print(f"\n## broad pretraining, MovieLens-100K: {datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
+    print(f"\n## broad pretraining, {args.events}: {datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}")
-    print(f"command: .venv/bin/python benchmarks/broad_pretraining.py --seeds {args.seeds} --min-rating "
-          f"{args.min_rating}{f' --genre {args.genre}' if args.genre else ''} --arms {args.arms} "
+    print(f"command: .venv/bin/python benchmarks/broad_pretraining.py --seeds {args.seeds}"
+          f"{f' --min-rating {args.min_rating}' if args.min_rating is not None else ''}"
+          f"{f' --genre {args.genre}' if args.genre else ''}"
+          f"{f' --with {where[0]}={where[1]}' if where and not args.genre else ''}"
+          f"{f' --events {args.events} --items {args.items}' if args.events != EVENTS else ''}"
+          f"{f' --tag {args.tag}' if args.tag else ''} --arms {args.arms} "
           f"--pretrain-epochs {args.pretrain_epochs}"
           + "".join(f" --set {o}" for o in args.overrides))
     for arm in arms:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import polars as pl
+import pytest
 
 from recbert.config import DataConfig
 from recbert.data.sequences import build_sequences
@@ -28,3 +29,24 @@ def test_the_broad_log_ends_before_each_users_held_out_target_events(tmp_path):
     # every target training event (before the held-out ones) is in the broad log too
     train = target.join(held_out, on="user_id").filter(pl.col("timestamp") < pl.col("start"))
     assert train.join(broad, on=["user_id", "item_id", "timestamp"], how="anti").height == 0
+
+
+def test_the_target_can_be_one_attributes_items_of_a_log_without_ratings(tmp_path):
+    # Beauty's shape: no rating column, a list of integer attributes per item
+    events = pl.DataFrame({"user_id": [1] * 5 + [2] * 4, "item_id": [10, 11, 12, 13, 14, 10, 12, 14, 11],
+                           "timestamp": [0, 1, 2, 3, 4, 0, 1, 2, 3]})
+    items = pl.DataFrame({"item_id": [10, 11, 12, 13, 14], "attributes": [[7, 1], [2], [7], [3], [7, 9]]})
+    events.write_parquet(tmp_path / "events.parquet")
+    items.write_parquet(tmp_path / "items.parquet")
+    target_path, broad_path, sizes = broad_pretraining.write_logs(
+        tmp_path / "events.parquet", None, tmp_path / "work", DataConfig(), ("attributes", "7"), tmp_path / "items.parquet")
+    target, broad = pl.read_parquet(target_path), pl.read_parquet(broad_path)
+    assert set(target["item_id"]) == {10, 12, 14} and sizes["target"] == 6
+    # user 1's held-out target events start at item 12 (time 2), user 2's at item 12 (time 1)
+    assert broad.sort("user_id", "timestamp")["item_id"].to_list() == [10, 11, 10]
+    with pytest.raises(SystemExit, match="no rating column"):
+        broad_pretraining.write_logs(tmp_path / "events.parquet", 4, tmp_path / "w2", DataConfig())
+    with pytest.raises(SystemExit, match="holds Int64, and 'x' is not one"):
+        broad_pretraining.items_with(tmp_path / "items.parquet", "attributes", "x")
+    with pytest.raises(SystemExit, match="no item in .* has '8'"):
+        broad_pretraining.items_with(tmp_path / "items.parquet", "attributes", "8")
