@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--arms", default="mlm,next", help="the pretrained arms to run: mlm (cloze), next (next-item)")
     ap.add_argument("--pretrain-epochs", type=int, default=40, help="the cloze arm's pretraining epochs")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "broad")
-    ap.add_argument("--tag", help="added to the MLflow experiments' names (broad[-GENRE][-TAG]-ARM), so that a "
+    ap.add_argument("--tag", help="added to the MLflow experiments' names (broad[-LOG][-FILTER][-TAG]-ARM), so that a "
                                   "re-measurement does not mix with the runs before it")
     ap.add_argument("-s", "--set", dest="overrides", action="append", default=[],
                     help="key=value for every run (e.g. threads=1)")
