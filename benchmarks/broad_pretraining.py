@@ -48,7 +48,7 @@ from recbert.config import DataConfig, RunConfig  # noqa: E402
 from recbert.data.holdout import cut_before_holdout  # noqa: E402
 from recbert.evaluation.comparison import MetricRow, paired_table, selecting_score  # noqa: E402
 from recbert.jobs.evaluate import run_evaluation  # noqa: E402
-from recbert.jobs.train import run_training  # noqa: E402
+from recbert.jobs.train import events_name, run_training  # noqa: E402
 from recbert.allocator import reexec_with_fast_allocator  # noqa: E402
 
 from quality import table  # noqa: E402  (benchmarks/quality.py: the same test tables)
@@ -57,11 +57,6 @@ EVENTS = ROOT / "data" / "ml-100k" / "events.parquet"
 ITEMS = ROOT / "data" / "ml-100k" / "items.parquet"
 RECIPE = ROOT / "configs" / "sequential.toml"
 TEST_KEYS = ("test/unseen/ndcg@10", "test/unseen/hr@10", "test/all/ndcg@10", "test/all/hr@10")
-
-
-def log_name(events: Path) -> str:
-    """A log's name: the file's stem, or its folder's name for a file called events.parquet."""
-    return events.parent.name if events.stem == "events" else events.stem
 
 
 def item_filter(spec: str) -> tuple[str, str]:
@@ -153,7 +148,7 @@ def main() -> None:
     if not chosen or any(a not in pretrained for a in chosen):
         ap.error(f"--arms takes a comma-separated choice of {list(pretrained)}, got {args.arms!r}")
     named = ([where[1].lower()] if args.genre else [f"{where[0]}-{where[1]}".lower()]) if where else []
-    prefix = "-".join(["broad", *([] if args.events == EVENTS else [log_name(args.events).lower()]), *named,
+    prefix = "-".join(["broad", *([] if args.events == EVENTS else [events_name(args.events).lower()]), *named,
                        *([args.tag] if args.tag else [])])
 
     def train(events: Path, name: str, seed: int, *extra: str):

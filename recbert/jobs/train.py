@@ -216,8 +216,13 @@ def _tracked_training(config: RunConfig, model: SequenceRecommender, vocab: Item
 
 
 def dataset_name(config: RunConfig) -> str:
-    """The events file's stem, or its folder's name for a file called events.parquet."""
-    path = Path(str(config.data.events))
+    """The name of the run's events: :func:`events_name` of ``data.events``."""
+    return events_name(config.data.events)
+
+
+def events_name(events: str | Path) -> str:
+    """An events file's stem, or its folder's name for a file called events.parquet."""
+    path = Path(str(events))
     return (path.parent.name if path.stem == "events" and path.parent.name else path.stem) or "events"
 
 

@@ -1,5 +1,3 @@
-import dataclasses
-
 import torch
 
 from recbert.config import StageConfig
@@ -41,4 +39,4 @@ def test_without_the_reseed_the_same_training_differs_with_the_generators_past()
 
 def test_refit_epochs_are_the_best_epoch_or_every_epoch_run():
     assert refit_epochs(FitResult(name="t", best_epoch=4, epochs_run=9)) == 4
-    assert refit_epochs(dataclasses.replace(FitResult(name="t"), best_epoch=0, epochs_run=7)) == 7
+    assert refit_epochs(FitResult(name="t", best_epoch=0, epochs_run=7)) == 7
