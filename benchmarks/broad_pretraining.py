@@ -2,7 +2,9 @@
 stage pay when it brings events the target training lacks?
 
 The target (by default): MovieLens-100K's positive ratings (rating >= --min-rating) as
-next-item data, leave-one-out, full ranking over every item, history excluded; ``--with
+next-item data, leave-one-out, history excluded, full ranking over the target log's items in
+every arm (``eval.candidates``: a model pretrained on the broad log knows more items, which
+``--rank-among vocabulary`` ranks too, a harder task than the target-only arm's); ``--with
 COLUMN=VALUE`` keeps only the items whose COLUMN in ``--items`` holds VALUE (``--genre Drama``
 is ``--with genres=Drama``). ``--events`` / ``--items`` take another log, e.g. Beauty as
 ``recbert import s3rec`` writes it, with ``--with attributes=17`` (one category's items; a
@@ -24,12 +26,14 @@ only" (best validation and test, per seed, mean and sample std), with the wall t
 each arm (pretraining + fine-tuning).
 
     .venv/bin/python benchmarks/broad_pretraining.py [--seeds 0,1,2] [--min-rating 4] [--pretrain-epochs 40]
-        [--with COLUMN=VALUE | --genre G] [--events E --items I] [--tag TAG] [--set key=value ...]
+        [--with COLUMN=VALUE | --genre G] [--events E --items I] [--rank-among target|vocabulary] [--tag TAG]
+        [--set key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import platform
 import sys
@@ -120,6 +124,10 @@ def main() -> None:
     ap.add_argument("--genre", help="the target log: only the movies of this genre (e.g. Drama): --with genres=G")
     ap.add_argument("--arms", default="mlm,next", help="the pretrained arms to run: mlm (cloze), next (next-item)")
     ap.add_argument("--pretrain-epochs", type=int, default=40, help="the cloze arm's pretraining epochs")
+    ap.add_argument("--rank-among", choices=("target", "vocabulary"), default="target",
+                    help="the items each target is ranked among, in every arm's validation and test: the target "
+                         "log's (eval.candidates; a pretrained model's vocabulary also holds the broad log's) or "
+                         "each model's whole vocabulary (the figures before 2026-12-05)")
     ap.add_argument("--work", type=Path, default=ROOT / "build" / "broad")
     ap.add_argument("--tag", help="added to the MLflow experiments' names (broad[-LOG][-FILTER][-TAG]-ARM), so that a "
                                   "re-measurement does not mix with the runs before it")
@@ -129,7 +137,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     common = ["data.item_feature_columns=[]", "pretrain.objective=mlm", *args.overrides]
-    data = RunConfig.load(RECIPE, common).data
+    recipe = RunConfig.load(RECIPE, common)
+    data = recipe.data
     if args.genre and args.where:
         ap.error("--genre G is --with genres=G: give one of them")
     where = ("genres", args.genre) if args.genre else args.where
@@ -151,6 +160,8 @@ def main() -> None:
     prefix = "-".join(["broad", *([] if args.events == EVENTS else [events_name(args.events).lower()]), *named,
                        *([args.tag] if args.tag else [])])
 
+    candidates = [f"eval.candidates={target}"] if args.rank_among == "target" else []
+
     def train(events: Path, name: str, seed: int, *extra: str):
         cfg = RunConfig.load(RECIPE, [*common, f"data.events={events}", f"seed={seed}",
                                       f"tracking.experiment={prefix}-{name}", *extra])
@@ -167,15 +178,17 @@ def main() -> None:
     walls: dict[str, list[float]] = {a: [] for a in arms}
     unfinetuned: list[dict[str, float]] = []
     for seed in seeds:
-        result, wall = train(target, "target", seed)
+        result, wall = train(target, "target", seed, *candidates)
         runs["target only"].append(result)
         walls["target only"].append(wall)
         for name in chosen:
             arm, stage = pretrained[name]
             pre, pre_wall = train(broad, f"{name}-broad", seed, *stage)
             if name == "next":
-                unfinetuned.append({f"test/{k}": v for k, v in run_evaluation(pre.model_dir, str(target)).items()})
-            tuned, tune_wall = train(target, f"{name}-target", seed, f"init_from={pre.model_dir}")
+                ranked = dataclasses.replace(recipe.eval, candidates=str(target) if candidates else None)
+                unfinetuned.append({f"test/{k}": v for k, v in
+                                    run_evaluation(pre.model_dir, str(target), eval_config=ranked).items()})
+            tuned, tune_wall = train(target, f"{name}-target", seed, f"init_from={pre.model_dir}", *candidates)
             runs[arm].append(tuned)
             walls[arm].append(pre_wall + tune_wall)
 
@@ -186,7 +199,7 @@ def main() -> None:
           f"{f' --genre {args.genre}' if args.genre else ''}"
           f"{f' --with {where[0]}={where[1]}' if where and not args.genre else ''}"
           f"{f' --events {args.events} --items {args.items}' if args.events != EVENTS else ''}"
-          f"{f' --tag {args.tag}' if args.tag else ''} --arms {args.arms} "
+          f"{f' --tag {args.tag}' if args.tag else ''} --arms {args.arms} --rank-among {args.rank_among} "
           f"--pretrain-epochs {args.pretrain_epochs}"
           + "".join(f" --set {o}" for o in args.overrides))
     for arm in arms:

@@ -223,18 +223,24 @@ def with_model(f):
 @set_option
 def evaluate(run_id: str | None, model_dir: Path | None, events: str | None, split: str | None,
              overrides: tuple[str, ...]) -> None:
-    """Full-ranking test metrics of a trained model (all / unseen / sampled protocols)."""
-    import dataclasses
-
-    from recbert.config import RunConfig
+    """Full-ranking test metrics of a trained model (all / unseen / sampled protocols).
+    --set takes eval.* keys, laid over the model's own eval settings (e.g. --set
+    eval.candidates=items.parquet ranks among those items only; eval.candidates=null ranks
+    every item again for a model trained with candidates)."""
+    from recbert.config import RunConfig, parse_overrides
+    from recbert.errors import ConfigError
     from recbert.jobs.evaluate import run_evaluation
     from recbert.jobs.train import format_metrics
     from recbert.model.checkpoint import load_run_config
 
+    others = [o for o in overrides if not o.strip().startswith("eval.")]
+    if others:
+        raise ConfigError(f"recbert evaluate --set takes eval.* keys only, got {others}; "
+                          "--events and --split choose the data")
     path = _model_dir(model_dir, run_id)
     run_cfg = load_run_config(path) or RunConfig()
     if overrides:
-        run_cfg = dataclasses.replace(run_cfg, eval=RunConfig.load(None, list(overrides)).eval)
+        run_cfg = RunConfig.from_dict(parse_overrides(list(overrides), run_cfg.to_dict()))
     metrics = run_evaluation(path, events, split, run_cfg.eval)
     click.echo(format_metrics(metrics, run_cfg))
 

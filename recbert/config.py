@@ -254,6 +254,10 @@ class EvalConfig:
     # batch_size x n_items. None: the most items that keep those scores within 256 MiB
     # (65,536 at batch_size 1024: one chunk for catalogues up to that size).
     item_chunk: Optional[int] = None
+    # A parquet file whose item column (data.item_col) lists the items to rank, e.g. the
+    # items on sale or a target catalogue; validation and test rank among them only, and a
+    # target outside them is a miss (recbert.evaluation.candidates). None: every item.
+    candidates: Optional[str] = None
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):

@@ -58,10 +58,12 @@ class Sequences:
 
 @dataclass
 class EvalSet:
-    """Users to score: their input history and the single held-out target token."""
+    """Users to score: their input history and the single held-out target token, ranked
+    among every item or among ``candidates`` (``recbert.evaluation.candidates``)."""
 
     inputs: Sequences
     targets: np.ndarray  # int64 tokens
+    candidates: np.ndarray | None = None  # int64 tokens of the items ranked; None: every item
 
     def __len__(self) -> int:
         return len(self.targets)

@@ -10,6 +10,9 @@ out of the same scores:
 * ``sampled``: the target ranked against ``n`` negatives drawn uniformly from
   items outside the history (for comparison with papers that used it).
 
+"Every item" is the model's catalogue, or the eval set's candidate items when it has
+some (``eval.candidates``, :mod:`recbert.evaluation.candidates`).
+
 Ties are counted honestly: a target's rank is the number of candidates scored
 strictly above it plus half the number of other candidates tied with it, its
 expected 0-based position under a random tie-break. A model whose scores
@@ -36,6 +39,7 @@ from recbert.config import EvalConfig
 from recbert.data.batches import pad_sequences
 from recbert.data.sequences import EvalSet
 from recbert.data.vocab import catalogue_size, item_index
+from recbert.evaluation.candidates import Candidates, CandidateScorer, candidate_scorer
 from recbert.evaluation.metrics import ranking_metrics
 from recbert.finite import require_finite
 from recbert.model.catalogue import ItemSets, item_chunk_size, item_chunks
@@ -200,9 +204,13 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
     generator = torch.Generator().manual_seed(rank_seed(seed, context.rank))
     if context.distributed:
         share = np.arange(context.rank, len(eval_set), context.world_size)
-        eval_set = EvalSet(eval_set.inputs.select(share), eval_set.targets[share])
+        eval_set = EvalSet(eval_set.inputs.select(share), eval_set.targets[share], eval_set.candidates)
     inputs = eval_set.inputs
     n_items = catalogue_size(model.config.n_tokens, model.config.hash_buckets)
+    scorer, candidates = model.scorer, None
+    if eval_set.candidates is not None:  # a compact catalogue of the candidates (recbert.evaluation.candidates)
+        candidates = Candidates.of_tokens(eval_set.candidates, n_items)
+        scorer, positions = candidate_scorer(scorer, candidates.items, device), torch.from_numpy(candidates.positions())
     collected: dict[str, list[torch.Tensor]] = {}
     # Users sorted by history length: batches of similar length carry little padding.
     by_length = np.argsort(np.minimum(inputs.lengths, model.config.max_len), kind="stable")
@@ -213,7 +221,9 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
         hidden = model(x).sequence_output[:, -1]
         targets = torch.from_numpy(item_index(eval_set.targets[rows], n_items))  # -1: UNK or a bucket, a miss
         seen = ItemSets.from_tokens(histories.items, histories.lengths, n_items)
-        for name, r in _batch_ranks(model.scorer, hidden, targets, seen, config, generator).items():
+        if candidates is not None:
+            targets, seen = candidates.compact(targets, seen, positions)
+        for name, r in _batch_ranks(scorer, hidden, targets, seen, config, generator).items():
             collected.setdefault(name, []).append(r)
     if was_training:
         model.train()
@@ -244,7 +254,7 @@ def _batch_ranks(scorer, hidden: torch.Tensor, targets: torch.Tensor, seen: Item
     chunks of ``config.item_chunk`` items (None: as many as keep ``config.batch_size``
     users' float32 scores within 256 MiB); any other scorer, a module mapping hidden
     states to ``[B, n_items]`` scores, is scored whole and ranked by :func:`target_ranks`."""
-    if isinstance(scorer, ItemScorer):
+    if isinstance(scorer, (ItemScorer, CandidateScorer)):
         chunk = item_chunk_size(config.batch_size, config.item_chunk)
         return chunked_target_ranks(scorer, scorer.query(hidden), targets, seen, chunk,
                                     config.sampled_negatives, generator)

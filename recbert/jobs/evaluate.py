@@ -11,6 +11,7 @@ from typing import Optional
 from recbert.config import EvalConfig
 from recbert.data.prepare import prepare_data
 from recbert.errors import CheckpointError
+from recbert.evaluation.candidates import with_candidates
 from recbert.evaluation.ranking import evaluate_ranking
 from recbert.model.checkpoint import RUN_CONFIG_FILE, load_run_config
 from recbert.model.recommender import SequenceRecommender
@@ -33,6 +34,7 @@ def run_evaluation(model_dir: Path, events: Optional[str] = None, split: Optiona
     eval_config = eval_config or config.eval
     target = resolve_device(device)
     _, splits = prepare_data(config, events, vocab=model.vocab)
+    splits = with_candidates(splits, eval_config.candidates, model.vocab, config.data.item_col)
     model.to(target)
     return evaluate_ranking(model, splits.test, eval_config, seed=config.seed, device=target)
 

@@ -36,6 +36,7 @@ from recbert.data.features import load_item_features
 from recbert.data.prepare import prepare_data, shard_splits
 from recbert.data.shards import ensure_shards
 from recbert.data.vocab import ItemVocab
+from recbert.evaluation.candidates import with_candidates
 from recbert.evaluation.ranking import evaluate_ranking, selection_protocol
 from recbert.io import exclusive
 from recbert.errors import Interrupted
@@ -110,6 +111,7 @@ def _run_training(config: RunConfig, events: Optional[EventSource], context: Dis
         vocab, splits = shard_splits(shards, given)
     else:
         vocab, splits = prepare_data(config, events, vocab=given)
+    splits = with_candidates(splits, config.eval.candidates, vocab, config.data.item_col)
     if model is None:
         model = build_model(config, vocab)
     if context.rank:  # dropout: an independent stream on each further rank (rank 0 continues as one process)
@@ -317,5 +319,6 @@ def format_metrics(metrics: dict[str, Any], config: RunConfig) -> str:
     head = f"| protocol | {' | '.join(names)} |\n|---|{'---|' * len(names)}\n"
     rows = "".join(f"| {p}{' (selection)' if p == selection_protocol(config.eval) else ''} | "
                    + " | ".join(f"{metrics[f'{p}/{n}']:.4f}" for n in names) + " |\n" for p in protocols)
-    return head + rows + f"\n{int(metrics.get('n_users', 0))} users; protocols: all = ranked against every item, " \
+    items = "every item" if config.eval.candidates is None else f"every candidate item ({config.eval.candidates})"
+    return head + rows + f"\n{int(metrics.get('n_users', 0))} users; protocols: all = ranked against {items}, " \
         "unseen = history items removed, sampled = against sampled negatives.\n"

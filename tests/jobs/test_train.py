@@ -263,3 +263,41 @@ def test_init_from_fine_tunes_a_saved_model_on_another_log(tmp_path, cyclic_parq
                               "--set", f"init_from={saved}"], capsys)  # written ahead, as a train run would
     assert code == 0, err
     assert open_shards(tmp_path / "sh2").vocab() == open_shards(tmp_path / "sh").vocab() and "60 items" in out
+
+
+def test_candidates_restrict_validation_and_test_and_evaluate_keeps_the_models_eval_settings(
+        tmp_path, cyclic_parquet, capsys, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
+    on_sale = tmp_path / "on_sale.parquet"
+    pl.DataFrame({"item_id": list(range(0, 60, 2))}).write_parquet(on_sale)  # half the ring
+    common = [*FAST, "--set", "tracking.enabled=false", "--set", "pretrain.epochs=0", "--set", "train.epochs=1",
+              "--set", "eval.exclude_seen=true"]
+
+    def table(out):
+        rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:-1]]
+                for line in out.splitlines() if line.startswith("| ") and not line.startswith("| protocol")}
+        return rows
+
+    code, out, err = run_cli(["train", "--events", str(cyclic_parquet), *common,
+                              "--set", f"eval.candidates={on_sale}"], capsys)
+    assert code == 0, err
+    trained = table(out)
+    model_dir = out.split("model: ")[1].split()[0]
+    assert f"ranked against every candidate item ({on_sale})" in out
+    assert "ranking among 30 of the 30 items" in caplog.text and "val targets are not candidates" in caplog.text
+    # evaluate: --set eval.* lays over the model's eval settings (exclude_seen stays, unseen is the selection)
+    code, out, err = run_cli(["evaluate", "--model-dir", model_dir, "--set", f"eval.candidates={on_sale}"], capsys)
+    assert code == 0, err
+    assert table(out) == trained and "unseen (selection)" in table(out)
+    code, out, err = run_cli(["evaluate", "--model-dir", model_dir, "--set", "eval.sampled_negatives=0"], capsys)
+    assert code == 0, err
+    assert table(out) == {k: v for k, v in trained.items() if k != "sampled"}  # the model's candidates stay
+    code, out, err = run_cli(["evaluate", "--model-dir", model_dir, "--set", "eval.candidates=null"], capsys)
+    assert code == 0, err
+    unrestricted = table(out)
+    assert "unseen (selection)" in unrestricted and "ranked against every item" in out
+    # half the targets are no candidates (misses) there; ranked among every item, some of them are hits
+    assert unrestricted["all"][0] > trained["all"][0]
+    code, out, err = run_cli(["evaluate", "--model-dir", model_dir, "--set", "data.split=time"], capsys)
+    assert code != 0 and "takes eval.* keys only" in err and len(err.strip().splitlines()) == 1

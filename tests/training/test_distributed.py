@@ -5,6 +5,7 @@ trains on; the end-to-end test starts ``recbert train`` under torchrun."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections import Counter
@@ -24,7 +25,7 @@ from recbert.data.prepare import shard_splits
 from recbert.data.sequences import build_sequences, leave_one_out
 from recbert.data.shards import open_shards, write_shards
 from recbert.data.streaming import ShardWindows
-from recbert.data.vocab import ItemVocab
+from recbert.data.vocab import N_SPECIAL, ItemVocab
 from recbert.errors import ConfigError
 from recbert.training.checkpoints import CheckpointStore
 from recbert.evaluation.ranking import evaluate_ranking
@@ -241,9 +242,15 @@ def eval_worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     with distributed("cpu") as context:
         model, splits = setup()
-        metrics = evaluate_ranking(model, splits.test, EvalConfig(ks=[1, 10], sampled_negatives=20, batch_size=16),
-                                   context=context)
+        metrics = {name: evaluate_ranking(model, test, EvalConfig(ks=[1, 10], sampled_negatives=20, batch_size=16),
+                                          context=context) for name, test in eval_sets(model, splits).items()}
     (Path(out) / f"eval{rank}.json").write_text(json.dumps(metrics))
+
+
+def eval_sets(model, splits) -> dict:
+    """The test users ranked among every item, and among every other item (eval.candidates)."""
+    every_other = np.arange(N_SPECIAL, model.config.n_tokens, 2)
+    return {"all items": splits.test, "candidates": dataclasses.replace(splits.test, candidates=every_other)}
 
 
 def test_evaluation_is_shared_by_the_ranks_and_gathered(tmp_path):
@@ -251,8 +258,12 @@ def test_evaluation_is_shared_by_the_ranks_and_gathered(tmp_path):
     gathered = [json.loads((tmp_path / f"eval{r}.json").read_text()) for r in range(WORLD)]
     assert gathered[0] == gathered[1]
     model, splits = setup()
-    single = evaluate_ranking(model, splits.test, EvalConfig(ks=[1, 10], sampled_negatives=20, batch_size=16))
-    assert gathered[0]["n_users"] == single["n_users"] == len(splits.test)
-    exact = {k: v for k, v in single.items() if not k.startswith("sampled/")}
-    assert {k: pytest.approx(v, abs=1e-12) for k, v in exact.items()} == {k: gathered[0][k] for k in exact}
-    assert gathered[0].keys() == single.keys()
+    sets = eval_sets(model, splits)
+    assert gathered[0]["all items"] != gathered[0]["candidates"]
+    for name, test in sets.items():
+        single = evaluate_ranking(model, test, EvalConfig(ks=[1, 10], sampled_negatives=20, batch_size=16))
+        ranks = gathered[0][name]
+        assert ranks["n_users"] == single["n_users"] == len(splits.test)
+        exact = {k: v for k, v in single.items() if not k.startswith("sampled/")}
+        assert {k: pytest.approx(v, abs=1e-12) for k, v in exact.items()} == {k: ranks[k] for k in exact}
+        assert ranks.keys() == single.keys()
