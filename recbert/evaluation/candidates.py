@@ -148,12 +148,12 @@ def with_candidates(splits: Splits, path: Optional[str], vocab: ItemVocab, item_
         return splits
     ids = read_candidate_ids(path, item_col)
     tokens = vocab.encode(ids)
-    known = tokens[vocab.is_item(tokens)]
+    known = np.unique(tokens[vocab.is_item(tokens)])
     if len(known) == 0:
         raise DataError(f"eval.candidates: none of the {len(ids)} items of {path} is in the model's vocabulary "
                         f"({vocab.n_items} items); is {item_col!r} the same id column as the events'?")
     log.info("eval.candidates: ranking among %d of the %d items of %s (%d are not in the vocabulary of %d items)",
-             len(np.unique(known)), len(ids), path, len(ids) - len(np.unique(known)), vocab.n_items)
+             len(known), len(ids), path, len(ids) - len(known), vocab.n_items)
     restricted = {}
     for name in ("val", "test"):
         part: EvalSet = getattr(splits, name)

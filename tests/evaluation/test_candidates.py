@@ -9,6 +9,7 @@ import logging
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from recbert.config import EvalConfig
 from recbert.data.sequences import Splits
@@ -17,6 +18,7 @@ from recbert.errors import DataError
 from recbert.evaluation.candidates import Candidates, read_candidate_ids, with_candidates
 from recbert.evaluation.metrics import ranking_metrics
 from recbert.evaluation.ranking import evaluate_ranking
+from recbert.model.catalogue import ItemSets
 from tests.evaluation.fakes import (
     BagOfTokensModel,
     ChunkedBagOfTokensModel,
@@ -97,10 +99,6 @@ def test_candidates_of_a_real_model_chunked_equal_its_whole_score_matrix(chunk):
 
 
 def test_candidates_map_targets_and_histories_to_their_positions():
-    import torch
-
-    from recbert.model.catalogue import ItemSets
-
     c = Candidates.of_tokens(np.array([N_SPECIAL + 5, N_SPECIAL + 1, N_SPECIAL + 5, 0, N_SPECIAL + 99]), 10)
     assert c.items.tolist() == [1, 5] and len(c) == 2  # sorted, distinct, specials and unknown tokens left out
     positions = torch.from_numpy(c.positions())
@@ -141,7 +139,7 @@ def test_candidate_ids_may_be_strings_or_come_from_an_events_file(tmp_path):
     vocab = ItemVocab(np.array(["a", "b", "c"], dtype=object))
     eval_set, _ = make_eval_set(n_items=3)
     got = with_candidates(splits_of(eval_set), str(path), vocab, "item_id")
-    assert got.test.candidates.tolist() == [N_SPECIAL + 1, N_SPECIAL]
+    assert got.test.candidates.tolist() == [N_SPECIAL, N_SPECIAL + 1]  # the tokens of "a" and "b", sorted
 
 
 @pytest.mark.parametrize("write, expected", [
