@@ -160,7 +160,8 @@ def main() -> None:
     prefix = "-".join(["broad", *([] if args.events == EVENTS else [events_name(args.events).lower()]), *named,
                        *([args.tag] if args.tag else [])])
 
-    candidates = [f"eval.candidates={target}"] if args.rank_among == "target" else []
+    ranked = dataclasses.replace(recipe.eval, candidates=str(target) if args.rank_among == "target" else None)
+    candidates = [f"eval.candidates={target}"] if ranked.candidates else []
 
     def train(events: Path, name: str, seed: int, *extra: str):
         cfg = RunConfig.load(RECIPE, [*common, f"data.events={events}", f"seed={seed}",
@@ -185,7 +186,6 @@ def main() -> None:
             arm, stage = pretrained[name]
             pre, pre_wall = train(broad, f"{name}-broad", seed, *stage)
             if name == "next":
-                ranked = dataclasses.replace(recipe.eval, candidates=str(target) if candidates else None)
                 unfinetuned.append({f"test/{k}": v for k, v in
                                     run_evaluation(pre.model_dir, str(target), eval_config=ranked).items()})
             tuned, tune_wall = train(target, f"{name}-target", seed, f"init_from={pre.model_dir}", *candidates)

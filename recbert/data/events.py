@@ -91,7 +91,7 @@ def _as_lazy(source: EventSource) -> tuple[pl.LazyFrame, str]:
     raise DataError(f"events must be a parquet path or a DataFrame, got {type(source).__name__}")
 
 
-def _id_expr(name: str, dtype: pl.DataType, where: str, role: str) -> pl.Expr:
+def id_expr(name: str, dtype: pl.DataType, where: str, role: str) -> pl.Expr:
     if dtype.is_integer():
         return pl.col(name).cast(pl.Int64)
     if dtype in (pl.String, pl.Categorical) or isinstance(dtype, (pl.Categorical, pl.Enum)):
@@ -129,8 +129,8 @@ def canonical_events(
             "Name the columns with data.user_col / data.item_col / data.time_col."
         )
     exprs = [
-        _id_expr(user_col, schema[user_col], where, "user id").alias(USER),
-        _id_expr(item_col, schema[item_col], where, "item id").alias(ITEM),
+        id_expr(user_col, schema[user_col], where, "user id").alias(USER),
+        id_expr(item_col, schema[item_col], where, "item id").alias(ITEM),
         _time_expr(time_col, schema[time_col], where).alias(TIME),
     ]
     return lf.select(exprs), where

@@ -19,6 +19,7 @@ every item as a candidate gives exactly the unrestricted figures.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Optional
@@ -28,6 +29,7 @@ import polars as pl
 import torch
 from torch import Tensor, nn
 
+from recbert.data.events import id_expr
 from recbert.data.sequences import EvalSet, Splits
 from recbert.data.vocab import ItemVocab, item_index
 from recbert.errors import DataError
@@ -50,13 +52,11 @@ def read_candidate_ids(path: str | Path, item_col: str) -> pl.Series:
         raise DataError(f"eval.candidates: {p} is not a readable parquet file: {exc}") from None
     if item_col not in schema:
         raise DataError(f"eval.candidates: {p} has no column {item_col!r} (data.item_col); found {list(schema)}")
-    dtype = schema[item_col]
-    if not (dtype.is_integer() or dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum)):
-        raise DataError(f"eval.candidates: column {item_col!r} of {p} must hold integers or strings, found {dtype}")
-    ids = pl.read_parquet(p, columns=[item_col])[item_col]
+    as_id = id_expr(item_col, schema[item_col], f"eval.candidates: {p}", "item id")  # int64 or string, as events
+    ids = pl.read_parquet(p, columns=[item_col]).select(as_id)[item_col]
     if ids.null_count():
         raise DataError(f"eval.candidates: {ids.null_count()} null value(s) in column {item_col!r} of {p}")
-    ids = ids.cast(pl.Int64 if dtype.is_integer() else pl.String).unique(maintain_order=True)
+    ids = ids.unique(maintain_order=True)
     if ids.is_empty():
         raise DataError(f"eval.candidates: {p} lists no items")
     return ids
@@ -83,18 +83,19 @@ class Candidates:
     def __len__(self) -> int:
         return len(self.items)
 
-    def positions(self) -> np.ndarray:
+    @functools.cached_property
+    def positions(self) -> Tensor:
         """``[n_items]`` int64: each item's candidate position, -1 for the others."""
-        out = np.full(self.n_items, -1, dtype=np.int64)
-        out[self.items] = np.arange(len(self.items))
+        out = torch.full((self.n_items,), -1, dtype=torch.long)
+        out[torch.from_numpy(self.items)] = torch.arange(len(self.items))
         return out
 
-    def compact(self, targets: Tensor, seen: ItemSets, positions: Tensor) -> tuple[Tensor, ItemSets]:
+    def compact(self, targets: Tensor, seen: ItemSets) -> tuple[Tensor, ItemSets]:
         """Targets (item indices, -1 unknown) and histories renumbered to candidate
-        positions (``positions``: :meth:`positions` as a tensor): a target outside the
-        candidates becomes -1 (a miss), history items outside them are dropped."""
-        moved = torch.where(targets >= 0, positions[targets.clamp(min=0)], -1)
-        items = positions[seen.items]
+        positions: a target outside the candidates becomes -1 (a miss), history items
+        outside them are dropped."""
+        moved = torch.where(targets >= 0, self.positions[targets.clamp(min=0)], -1)
+        items = self.positions[seen.items]
         kept = items >= 0
         return moved, ItemSets(seen.rows[kept], items[kept], seen.n_rows, len(self.items))
 

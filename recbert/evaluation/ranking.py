@@ -210,7 +210,7 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
     scorer, candidates = model.scorer, None
     if eval_set.candidates is not None:  # a compact catalogue of the candidates (recbert.evaluation.candidates)
         candidates = Candidates.of_tokens(eval_set.candidates, n_items)
-        scorer, positions = candidate_scorer(scorer, candidates.items, device), torch.from_numpy(candidates.positions())
+        scorer = candidate_scorer(scorer, candidates.items, device)
     collected: dict[str, list[torch.Tensor]] = {}
     # Users sorted by history length: batches of similar length carry little padding.
     by_length = np.argsort(np.minimum(inputs.lengths, model.config.max_len), kind="stable")
@@ -222,7 +222,7 @@ def evaluate_ranking(model, eval_set: EvalSet, config: EvalConfig, seed: int = 0
         targets = torch.from_numpy(item_index(eval_set.targets[rows], n_items))  # -1: UNK or a bucket, a miss
         seen = ItemSets.from_tokens(histories.items, histories.lengths, n_items)
         if candidates is not None:
-            targets, seen = candidates.compact(targets, seen, positions)
+            targets, seen = candidates.compact(targets, seen)
         for name, r in _batch_ranks(scorer, hidden, targets, seen, config, generator).items():
             collected.setdefault(name, []).append(r)
     if was_training:

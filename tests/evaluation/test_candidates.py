@@ -101,13 +101,12 @@ def test_candidates_of_a_real_model_chunked_equal_its_whole_score_matrix(chunk):
 def test_candidates_map_targets_and_histories_to_their_positions():
     c = Candidates.of_tokens(np.array([N_SPECIAL + 5, N_SPECIAL + 1, N_SPECIAL + 5, 0, N_SPECIAL + 99]), 10)
     assert c.items.tolist() == [1, 5] and len(c) == 2  # sorted, distinct, specials and unknown tokens left out
-    positions = torch.from_numpy(c.positions())
     seen = ItemSets(torch.tensor([0, 0, 1, 1]), torch.tensor([5, 3, 1, 5]), 2, 10)
-    targets, compact = c.compact(torch.tensor([5, 3]), seen, positions)
+    targets, compact = c.compact(torch.tensor([5, 3]), seen)
     assert targets.tolist() == [1, -1]  # item 3 is no candidate: a miss
     assert compact.n_items == 2 and compact.rows.tolist() == [0, 1, 1] and compact.items.tolist() == [1, 0, 1]
     assert c.compact(torch.tensor([-1]), ItemSets(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long),
-                                                  1, 10), positions)[0].tolist() == [-1]
+                                                  1, 10))[0].tolist() == [-1]
     with pytest.raises(DataError, match="none of the candidate items"):
         Candidates.of_tokens(np.array([0, 1]), 10)
 
